@@ -1,0 +1,414 @@
+"""The ``sigbroker`` command: run workers, emit signals, look at the broker.
+
+This module parses arguments and prints; the work is done by the client, the
+worker and the dev server. Errors are one line on stderr with exit code 1
+(``--debug`` shows the traceback); usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal as os_signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import ConfigurationError, SigbrokerError
+
+__all__ = ["cli", "main"]
+
+
+@dataclass
+class Options:
+    """The global options, passed to every command through the click context."""
+
+    url: str | None
+    namespace: str | None
+    secret: str | None
+    debug: bool
+
+    def client(self) -> Any:
+        """Build the client these options describe."""
+        from .client import Client
+
+        secret = [s for s in self.secret.split(",")] if self.secret else None
+        return Client(self.url, namespace=self.namespace, secret=secret)
+
+
+class _Group(click.Group):
+    """Turns every unexpected exception into a one-line error (exit code 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            opts = ctx.find_object(Options)
+            if opts is not None and opts.debug:
+                raise
+            raise click.ClickException(_one_line(exc)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, SigbrokerError):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+pass_options = click.make_pass_decorator(Options)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", help="Redis URL (default: $SIGBROKER_URL, $REDIS_URL, localhost).")
+@click.option("--namespace", help="Channel and key prefix (default: $SIGBROKER_NAMESPACE).")
+@click.option(
+    "--secret", help="HMAC secret; comma-separated to rotate (default: $SIGBROKER_SECRET)."
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="sigbroker")
+@click.pass_context
+def cli(
+    ctx: click.Context, url: str | None, namespace: str | None, secret: str | None, debug: bool
+) -> None:
+    """Django-style signals across processes, over Redis."""
+    ctx.obj = Options(url=url, namespace=namespace, secret=secret, debug=debug)
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def import_modules(modules: Iterable[str]) -> None:
+    """Import the modules named by ``-A``, with the current directory on sys.path."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(f"cannot import {name!r}: {exc}") from exc
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """Render rows as a left-aligned text table with a header line."""
+    cells = [list(headers)] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def parse_arguments(pairs: Sequence[str], json_text: str | None) -> dict[str, Any]:
+    """Build keyword arguments from ``-a key=value`` pairs and ``--json``."""
+    kwargs: dict[str, Any] = {}
+    if json_text is not None:
+        try:
+            loaded = json.loads(json_text)
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from None
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--json")
+        kwargs.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="-a")
+        try:
+            kwargs[key] = json.loads(raw)
+        except ValueError:
+            kwargs[key] = raw
+    return kwargs
+
+
+# -- commands -------------------------------------------------------------------
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+@cli.command()
+@click.option(
+    "-A",
+    "--app",
+    "modules",
+    multiple=True,
+    required=True,
+    metavar="MODULE",
+    help="Module that connects receivers (repeatable).",
+)
+@click.option(
+    "--concurrency",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Threads calling receivers; 1 keeps each signal's messages in order.",
+)
+@click.option(
+    "--shutdown-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds receivers in flight get to finish on SIGTERM/SIGINT.",
+)
+@click.option(
+    "--loglevel",
+    "-l",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@pass_options
+def worker(
+    opts: Options,
+    modules: tuple[str, ...],
+    concurrency: int,
+    shutdown_timeout: float,
+    loglevel: str,
+) -> None:
+    """Run the receivers of MODULE for signals sent by any process."""
+    from .broker import Worker
+
+    logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    import_modules(modules)
+    w = Worker(opts.client(), concurrency=concurrency, shutdown_timeout_s=shutdown_timeout)
+    _install_stop_handlers(w.stop, shutdown_timeout)
+    w.run()
+
+
+def _install_stop_handlers(stop: Callable[[], object], shutdown_timeout: float) -> None:
+    # First SIGTERM/SIGINT: warm stop, with a deadline in case a receiver
+    # never returns. Second: leave at once.
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            os._exit(128 + signum)
+        logging.getLogger("sigbroker.cli").info(
+            "Received %s: stopping (again to exit now)", os_signal.Signals(signum).name
+        )
+        timer = threading.Timer(shutdown_timeout + 1.0, os._exit, args=(1,))
+        timer.daemon = True
+        timer.start()
+        stop()
+
+    os_signal.signal(os_signal.SIGTERM, handler)
+    os_signal.signal(os_signal.SIGINT, handler)
+
+
+@cli.command()
+@click.argument("signal_name")
+@click.option("--sender", default=None, help="Sender reference, e.g. accounts.models.User.")
+@click.option(
+    "-a",
+    "--arg",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An argument; VALUE is parsed as JSON when it parses, else a string.",
+)
+@click.option("--json", "json_text", default=None, metavar="OBJECT", help="Arguments as JSON.")
+@pass_options
+def send(
+    opts: Options,
+    signal_name: str,
+    sender: str | None,
+    pairs: tuple[str, ...],
+    json_text: str | None,
+) -> None:
+    """Send SIGNAL_NAME with the given arguments; print how many workers got it."""
+    kwargs = parse_arguments(pairs, json_text)
+    with opts.client() as client:
+        count = client.send(signal_name, sender, **kwargs)
+    noun = "worker" if count == 1 else "workers"
+    click.echo(f"Sent {signal_name} to {count} {noun}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+@pass_options
+def channels(opts: Options, as_json: bool) -> None:
+    """List the live channels of the namespace and their subscriber counts."""
+    from .broker import INTERNAL_PREFIX
+
+    with opts.client() as client:
+        prefix = f"{client.namespace}:"
+        live = {
+            channel: count
+            for channel, count in client.channels().items()
+            if not channel[len(prefix) :].startswith(INTERNAL_PREFIX)
+        }
+    rows = [
+        {"channel": ch, "signal": ch[len(prefix) :], "subscribers": n} for ch, n in live.items()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+    elif not rows:
+        click.echo(f"No live channels in namespace {client.namespace!r}")
+    else:
+        click.echo(
+            table(
+                ["CHANNEL", "SIGNAL", "SUBSCRIBERS"],
+                [(r["channel"], r["signal"], r["subscribers"]) for r in rows],
+            )
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+@pass_options
+def workers(opts: Options, as_json: bool) -> None:
+    """List the live workers, from their heartbeats."""
+    from .broker import list_workers
+
+    with opts.client() as client:
+        found = list_workers(client)
+    if as_json:
+        click.echo(json.dumps(found))
+        return
+    if not found:
+        click.echo(f"No live workers in namespace {client.namespace!r}")
+        return
+    now = time.time()
+    rows = [
+        (
+            w.get("id", "?"),
+            w.get("host", "?"),
+            w.get("pid", "?"),
+            _duration(now - float(w.get("started_at", now))),
+            ",".join(w.get("signals", [])),
+            w.get("processed", 0),
+            w.get("failed", 0),
+            f"{_duration(now - float(w.get('last_seen', now)))} ago",
+        )
+        for w in found
+    ]
+    headers = ["ID", "HOST", "PID", "UPTIME", "SIGNALS", "PROCESSED", "FAILED", "LAST SEEN"]
+    click.echo(table(headers, rows))
+
+
+@cli.command()
+@click.argument("signal_names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N messages.")
+@pass_options
+def listen(opts: Options, signal_names: tuple[str, ...], as_json: bool, count: int | None) -> None:
+    """Decode and print messages as they pass (all signals of the namespace by default)."""
+    from .listen import Listener
+
+    with opts.client() as client:
+        listener = Listener(client, signal_names, as_json=as_json, count=count, echo=click.echo)
+        with contextlib.suppress(KeyboardInterrupt):
+            listener.run()
+
+
+@cli.command()
+@click.option(
+    "-A",
+    "--app",
+    "modules",
+    multiple=True,
+    required=True,
+    metavar="MODULE",
+    help="Module that defines signals or connects receivers (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+@pass_options
+def inspect(opts: Options, modules: tuple[str, ...], as_json: bool) -> None:
+    """List the signals MODULE defines and their receivers (no Redis needed)."""
+    from .signal import all_signals, describe_receivers
+
+    import_modules(modules)
+    rows: list[dict[str, Any]] = []
+    for sig in sorted(all_signals(), key=lambda s: s.name_or_none or ""):
+        rows.append(
+            {
+                "signal": sig.name_or_none or "<unnamed>",
+                "providing_args": sorted(sig.providing_args) if sig.providing_args else None,
+                "receivers": describe_receivers(sig),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    lines = []
+    for row in rows:
+        args = ", ".join(row["providing_args"] or []) or "-"
+        receivers = ", ".join(
+            r["receiver"] + (f" (sender={r['sender']})" if r["sender"] else "")
+            for r in row["receivers"]
+        )
+        lines.append((row["signal"], args, receivers or "-"))
+    click.echo(table(["SIGNAL", "PROVIDING_ARGS", "RECEIVERS"], lines))
+
+
+@cli.command()
+@pass_options
+def ping(opts: Options) -> None:
+    """Check connectivity: server version and round-trip time."""
+    from .client import mask_url
+
+    with opts.client() as client:
+        rtt = client.ping()
+        version = client.server_info().get("redis_version", "?")
+        click.echo(f"PONG from {mask_url(client.url)} (Redis {version}) in {rtt * 1000:.2f} ms")
+
+
+@cli.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=6379,
+    show_default=True,
+    help="Port on 127.0.0.1; 0 picks a free one.",
+)
+def server(port: int) -> None:
+    """Run a Redis for development (redis-server if installed, else fakeredis)."""
+    from .devserver import DevServer
+
+    dev = DevServer(port)
+    with dev:
+        click.echo(f"Redis ({dev.backend}) listening on {dev.url}; Ctrl-C to stop", err=True)
+        click.echo(dev.url)
+        try:
+            while dev.running:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            click.echo("Stopping", err=True)
+        else:
+            raise SigbrokerError(f"the {dev.backend} server exited")
+
+
+@cli.command()
+@pass_options
+def demo(opts: Options) -> None:
+    """Run the whole thing end to end (starts an embedded Redis unless one is configured)."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(url=opts.url, echo=click.echo))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``sigbroker`` console script."""
+    cli.main(args=argv, prog_name="sigbroker")

@@ -1,0 +1,337 @@
+"""The sending side: a pooled Redis connection that publishes signals.
+
+A :class:`Client` turns ``send(signal, sender, **kwargs)`` into one PUBLISH on
+``"{namespace}:{signal name}"`` and returns how many workers received it.
+Connection errors are retried with a short backoff until ``timeout_s`` has
+passed, then raised as :class:`~sigbroker.errors.BrokerUnavailable`: a send
+never hangs. Every redis-py exception is translated here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .codec import DEFAULT_LIMITS, Codec, Limits
+from .config import SecretSetting, normalize_secrets, settings
+from .errors import BrokerUnavailable, ConfigurationError
+from .signal import Signal, sender_reference
+
+__all__ = ["Batch", "Client", "mask_url"]
+
+logger = logging.getLogger(__name__)
+
+#: Time allowed to open a TCP (or TLS) connection to Redis.
+CONNECT_TIMEOUT_S = 2.0
+#: Time allowed for Redis to answer one command on an open connection.
+SOCKET_TIMEOUT_S = 5.0
+#: Total time a send may spend retrying connection errors before BrokerUnavailable.
+SEND_TIMEOUT_S = 10.0
+#: Retries of a send after connection errors (within SEND_TIMEOUT_S).
+SEND_RETRIES = 3
+#: Delay before the first retry of a failed connection; doubles each retry.
+RETRY_BASE_DELAY_S = 0.05
+#: Longest delay between two retries.
+RETRY_MAX_DELAY_S = 1.0
+
+T = TypeVar("T")
+
+SignalRef = Signal | str
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***`` (safe to print or log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{user}:***@{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _pool_options(connect_timeout_s: float, socket_timeout_s: float) -> dict[str, Any]:
+    # redis-py's own retries are turned off: the client owns the retry budget,
+    # so that the bound on a send is the one the user configured.
+    return {
+        "socket_connect_timeout": connect_timeout_s,
+        "socket_timeout": socket_timeout_s,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+
+
+class Client:
+    """A connection to the broker that publishes signals.
+
+    ``url`` defaults to the configured one (``SIGBROKER_URL``, ``REDIS_URL``,
+    ``redis://localhost:6379/0``); ``rediss://`` URLs, passwords and ACL users
+    work as in redis-py. ``secret`` signs every message (a list rotates keys:
+    the first signs). A connection error is retried up to ``retries`` times
+    with a short backoff, and a send never takes longer than about
+    ``timeout_s`` before :class:`BrokerUnavailable`. Thread-safe: share one
+    client per process.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str | None = None,
+        secret: SecretSetting = None,
+        timeout_s: float = SEND_TIMEOUT_S,
+        retries: int = SEND_RETRIES,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        socket_timeout_s: float = SOCKET_TIMEOUT_S,
+        max_connections: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        env = settings()
+        self.url = url if url is not None else env.url
+        self.namespace = namespace if namespace is not None else env.namespace
+        secrets = normalize_secrets(secret) if secret is not None else env.secrets
+        self.codec = Codec(secrets, limits)
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._options = _pool_options(connect_timeout_s, socket_timeout_s)
+        try:
+            self.pool = redis.ConnectionPool.from_url(
+                self.url, max_connections=max_connections, **self._options
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid Redis URL {mask_url(self.url)}: {exc}") from None
+        self.redis = redis.Redis(connection_pool=self.pool)
+        self._prefix = f"{self.namespace}:"
+        self._channels: dict[str, str] = {}
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Client {mask_url(self.url)} namespace={self.namespace!r}>"
+
+    # -- naming ---------------------------------------------------------------
+
+    def channel(self, signal: SignalRef) -> str:
+        """Return the channel that carries ``signal`` (a Signal or a signal name)."""
+        name = signal if isinstance(signal, str) else signal.name
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = self._prefix + name
+        return channel
+
+    def encode(self, signal: SignalRef, sender: object, kwargs: Mapping[str, Any]) -> bytes:
+        """Check and encode one message; raises PayloadError and publishes nothing."""
+        if isinstance(signal, Signal):
+            signal.validate(kwargs)
+            name = signal.name
+        else:
+            name = signal
+        return self.codec.pack(name, sender_reference(sender), kwargs)
+
+    # -- sending --------------------------------------------------------------
+
+    def send(self, signal: SignalRef, sender: object = None, **kwargs: Any) -> int:
+        """Publish one signal; return how many workers received it.
+
+        Raises :class:`PayloadError` (nothing published) for a payload that
+        does not encode or breaks ``providing_args``, and
+        :class:`BrokerUnavailable` when Redis can not be reached in time.
+        """
+        data = self.encode(signal, sender, kwargs)
+        channel = self.channel(signal)
+        return self._call(lambda: int(self.redis.publish(channel, data)))
+
+    def publish(self, channel: str, data: bytes) -> int:
+        """Publish raw bytes on a channel (for tools and tests); return the receiver count."""
+        return self._call(lambda: int(self.redis.publish(channel, data)))
+
+    def batch(self) -> Batch:
+        """Collect many sends and publish them in one round trip on exit.
+
+        ::
+
+            with client.batch() as batch:
+                for order in orders:
+                    batch.send(order_placed, sender=Order, order_id=order.id)
+            batch.results  # one receiver count per send, in order
+        """
+        return Batch(self)
+
+    async def asend(self, signal: SignalRef, sender: object = None, **kwargs: Any) -> int:
+        """Like :meth:`send`, on ``redis.asyncio``: for use inside an event loop."""
+        data = self.encode(signal, sender, kwargs)
+        channel = self.channel(signal)
+        conn = self._async_redis()
+        deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            try:
+                return int(await conn.publish(channel, data))
+            except (redis.ConnectionError, OSError) as exc:
+                attempt += 1
+                delay = self._retry_delay(attempt, deadline, exc)
+                await asyncio.sleep(delay)
+            except redis.RedisError as exc:
+                raise self._unavailable(exc, attempt + 1) from exc
+
+    def _async_redis(self) -> redis.asyncio.Redis:
+        # An asyncio connection belongs to the loop that opened it.
+        loop = asyncio.get_running_loop()
+        conn = self._async.get(loop)
+        if conn is None:
+            conn = redis.asyncio.Redis.from_url(self.url, **self._options)
+            self._async[loop] = conn
+        return conn
+
+    async def aclose(self) -> None:
+        """Close the asyncio connections of the running loop; call before the loop ends."""
+        conn = self._async.pop(asyncio.get_running_loop(), None)
+        if conn is not None:
+            await conn.aclose()
+
+    # -- inspection -----------------------------------------------------------
+
+    def ping(self) -> float:
+        """Round-trip one PING; return the time it took in seconds."""
+        start = time.perf_counter()
+        self._call(self.redis.ping)
+        return time.perf_counter() - start
+
+    def server_info(self) -> dict[str, Any]:
+        """Return Redis's INFO server section (version, mode, uptime...)."""
+        info: dict[str, Any] = self._call(lambda: self.redis.info("server"))
+        return info
+
+    def channels(self) -> dict[str, int]:
+        """Return the live channels of this namespace and their subscriber counts."""
+
+        def query() -> dict[str, int]:
+            names = sorted(_text(c) for c in self.redis.pubsub_channels(self._prefix + "*"))
+            if not names:
+                return {}
+            return {_text(c): int(n) for c, n in self.redis.pubsub_numsub(*names)}
+
+        return self._call(query)
+
+    def call(self, fn: Callable[[redis.Redis], T]) -> T:
+        """Run ``fn(redis_client)`` under this client's retry bound and error translation."""
+        return self._call(lambda: fn(self.redis))
+
+    # -- retries and errors ---------------------------------------------------
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except (redis.ConnectionError, OSError) as exc:
+                # Raised before Redis could act on the command (refused, reset,
+                # broken pipe on a stale pooled connection): retrying is safe.
+                attempt += 1
+                time.sleep(self._retry_delay(attempt, deadline, exc))
+            except redis.RedisError as exc:
+                # Timeouts land here: the command may have run, so no retry.
+                raise self._unavailable(exc, attempt + 1) from exc
+
+    def _retry_delay(self, attempt: int, deadline: float, exc: BaseException) -> float:
+        delay = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2.0 ** (attempt - 1))
+        remaining = deadline - time.monotonic()
+        if attempt > self.retries or remaining <= delay:
+            raise self._unavailable(exc, attempt) from exc
+        logger.debug("Redis at %s: %s; retry %d in %.2fs", mask_url(self.url), exc, attempt, delay)
+        return delay
+
+    def _unavailable(self, exc: BaseException, attempts: int) -> BrokerUnavailable:
+        noun = "attempt" if attempts == 1 else "attempts"
+        detail = str(exc).replace(self.url, mask_url(self.url)) or type(exc).__name__
+        return BrokerUnavailable(
+            f"Redis at {mask_url(self.url)} is unavailable ({detail}) after {attempts} {noun}"
+        )
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every pooled connection; safe to call twice."""
+        self.pool.disconnect()
+        # asyncio connections can only be closed on the loop that opened them
+        # (see aclose); dropping them lets that loop's transports close them.
+        self._async.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Batch:
+    """Sends collected by :meth:`Client.batch`, published as one pipeline on exit.
+
+    Each ``send`` is checked and encoded at once, so a bad payload raises
+    :class:`PayloadError` at the call and is never queued. ``results`` holds the
+    receiver count of each send once the block exits. If the block raises,
+    nothing is published.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._queued: list[tuple[str, bytes]] = []
+        self.results: list[int] = []
+
+    def send(self, signal: SignalRef, sender: object = None, **kwargs: Any) -> None:
+        """Queue one signal for publishing when the batch ends."""
+        data = self.client.encode(signal, sender, kwargs)
+        self._queued.append((self.client.channel(signal), data))
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def flush(self) -> list[int]:
+        """Publish everything queued in one round trip; return the receiver counts."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return []
+
+        def run() -> list[int]:
+            pipe = self.client.redis.pipeline(transaction=False)
+            for channel, data in queued:
+                pipe.publish(channel, data)
+            return [int(n) for n in pipe.execute()]
+
+        counts = self.client._call(run)
+        self.results.extend(counts)
+        return counts
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.flush()
+        else:
+            self._queued.clear()

@@ -1,0 +1,142 @@
+"""The process-wide default configuration, and the default client built from it.
+
+``configure()`` sets it explicitly; otherwise it is read from the environment
+the first time it is needed:
+
+* ``SIGBROKER_URL``, else ``REDIS_URL``, else ``redis://localhost:6379/0``
+* ``SIGBROKER_NAMESPACE`` (default ``sigbroker``)
+* ``SIGBROKER_SECRET``: one secret, or several separated by commas; the first
+  signs, all of them verify (key rotation)
+* ``SIGBROKER_EAGER``: ``1``/``true``/``yes``/``on`` runs receivers in-process,
+  exactly like ``django.dispatch``
+
+This module imports no Redis code: the default client is built on first use,
+so ``signal.py`` can depend on it and still work with no Redis installed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_URL", "Settings", "configure", "default_client"]
+
+#: Where a client connects when neither configure() nor the environment says.
+DEFAULT_URL = "redis://localhost:6379/0"
+#: The first part of every channel name and heartbeat key.
+DEFAULT_NAMESPACE = "sigbroker"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+Secret = str | bytes
+SecretSetting = Secret | Sequence[Secret] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The resolved process-wide configuration."""
+
+    url: str
+    namespace: str
+    secrets: tuple[bytes, ...]
+    eager: bool
+
+
+def normalize_secrets(secret: SecretSetting) -> tuple[bytes, ...]:
+    """Turn one secret or a list of them into a tuple of bytes; the first one signs."""
+    if secret is None:
+        return ()
+    items: Sequence[Secret] = [secret] if isinstance(secret, str | bytes) else secret
+    out = tuple(s.encode() if isinstance(s, str) else bytes(s) for s in items)
+    return tuple(s for s in out if s)
+
+
+def from_environment() -> Settings:
+    """Read the settings from the ``SIGBROKER_*`` environment variables."""
+    env = os.environ
+    raw_secret = env.get("SIGBROKER_SECRET", "")
+    return Settings(
+        url=env.get("SIGBROKER_URL") or env.get("REDIS_URL") or DEFAULT_URL,
+        namespace=env.get("SIGBROKER_NAMESPACE") or DEFAULT_NAMESPACE,
+        secrets=normalize_secrets([s.strip() for s in raw_secret.split(",")]),
+        eager=env.get("SIGBROKER_EAGER", "").strip().lower() in _TRUE,
+    )
+
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+_client: Client | None = None
+
+
+def configure(
+    url: str | None = None,
+    namespace: str | None = None,
+    secret: SecretSetting = None,
+    eager: bool | None = None,
+) -> Settings:
+    """Set the process-wide default that ``Signal.send`` uses.
+
+    Arguments left as None keep the value from the environment. The previous
+    default client, if any, is closed; the next send builds a new one.
+    """
+    global _settings, _client
+    env = from_environment()
+    new = Settings(
+        url=url if url is not None else env.url,
+        namespace=namespace if namespace is not None else env.namespace,
+        secrets=normalize_secrets(secret) if secret is not None else env.secrets,
+        eager=eager if eager is not None else env.eager,
+    )
+    with _lock:
+        old, _settings, _client = _client, new, None
+    if old is not None:
+        old.close()
+    return new
+
+
+def settings() -> Settings:
+    """Return the current settings, reading the environment on first use."""
+    global _settings
+    current = _settings
+    if current is None:
+        with _lock:
+            if _settings is None:
+                _settings = from_environment()
+            current = _settings
+    return current
+
+
+def is_eager() -> bool:
+    """True when sends run the local receivers instead of publishing."""
+    current = _settings
+    return (current or settings()).eager
+
+
+def default_client() -> Client:
+    """Return the client that ``Signal.send`` publishes through, building it on first use."""
+    global _client
+    client = _client
+    if client is not None:
+        return client
+    current = settings()
+    from .client import Client  # deferred: keeps Redis out of signal.py's imports
+
+    with _lock:
+        if _client is None:
+            _client = Client(current.url, namespace=current.namespace, secret=current.secrets)
+        return _client
+
+
+def reset() -> None:
+    """Forget the configuration and close the default client (for tests)."""
+    global _settings, _client
+    with _lock:
+        old, _settings, _client = _client, None, None
+    if old is not None:
+        old.close()

@@ -1,0 +1,170 @@
+"""The dispatcher: one encoded message in, the local receivers called.
+
+Every message source of the worker (the pub/sub subscription today, a
+durable stream later) hands its raw bytes to :meth:`Dispatcher.handle`, which
+decodes and verifies them, finds the receivers in the local registry and calls
+them with ``send_robust`` semantics: a receiver that raises is logged with its
+traceback and counted, and the others still run. Nothing here talks to Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from .codec import Codec
+from .errors import InvalidMessage
+from .signal import Signal
+
+__all__ = ["Dispatcher", "EventLoopThread", "Stats"]
+
+logger = logging.getLogger(__name__)
+
+_RESERVED = frozenset({"signal", "sender"})
+
+
+@dataclass
+class Stats:
+    """What a worker has done so far; read by heartbeats and ``sigbroker workers``.
+
+    ``processed`` counts messages decoded and dispatched, ``failed`` counts
+    receiver calls that raised, ``rejected`` counts messages the decoder
+    refused, ``resubscribes`` counts subscriptions after the first (each one a
+    possible gap in at-most-once delivery).
+    """
+
+    processed: int = 0
+    failed: int = 0
+    rejected: int = 0
+    resubscribes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (for heartbeats and JSON output)."""
+        return {
+            "processed": self.processed,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "resubscribes": self.resubscribes,
+        }
+
+
+class EventLoopThread:
+    """An asyncio loop in a daemon thread, where async receivers run.
+
+    Started on first use, so a worker with only sync receivers never starts it.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` on the loop and wait for its result."""
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
+        return future.result()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(
+                    target=self._loop.run_forever, name="sigbroker-async", daemon=True
+                )
+                self._thread.start()
+            return self._loop
+
+    def close(self) -> None:
+        """Stop the loop and its thread; safe to call twice."""
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+class Dispatcher:
+    """Decode messages of known signals and call their local receivers."""
+
+    def __init__(self, codec: Codec, stats: Stats, loop: EventLoopThread) -> None:
+        self.codec = codec
+        self.stats = stats
+        self.loop = loop
+
+    def handle(self, signal: Signal, data: bytes) -> None:
+        """Dispatch one message that arrived on ``signal``'s channel; never raises."""
+        try:
+            envelope = self.codec.decode(data)
+            kwargs = envelope.kwargs
+            if envelope.signal != signal.name:
+                raise InvalidMessage(
+                    f"message for {envelope.signal!r} arrived on the channel of {signal.name!r}"
+                )
+            if not _RESERVED.isdisjoint(kwargs):
+                raise InvalidMessage("arguments named 'signal' or 'sender' are not allowed")
+        except InvalidMessage as exc:
+            with self.stats.lock:
+                self.stats.rejected += 1
+            logger.warning("Rejected a message on %s: %s", signal.name, exc)
+            return
+        sender, sync_receivers, async_receivers = signal.remote_receivers(envelope.sender)
+        failed = 0
+        for receiver in sync_receivers:
+            try:
+                receiver(signal=signal, sender=sender, **kwargs)
+            except Exception:
+                failed += 1
+                logger.exception(
+                    "Error calling %s for %s (message %s)",
+                    _qualname(receiver),
+                    signal.name,
+                    envelope.id,
+                )
+        if async_receivers:
+            failed += self._run_async(signal, sender, kwargs, async_receivers, envelope.id)
+        with self.stats.lock:
+            self.stats.processed += 1
+            self.stats.failed += failed
+
+    def _run_async(
+        self,
+        signal: Signal,
+        sender: object,
+        kwargs: dict[str, Any],
+        receivers: list[Callable[..., Any]],
+        message_id: str,
+    ) -> int:
+        async def call(receiver: Callable[..., Any]) -> Any:
+            return await receiver(signal=signal, sender=sender, **kwargs)
+
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*map(call, receivers), return_exceptions=True)
+
+        failed = 0
+        for receiver, result in zip(receivers, self.loop.run(gather()), strict=True):
+            if isinstance(result, Exception):
+                failed += 1
+                logger.error(
+                    "Error calling %s for %s (message %s)",
+                    _qualname(receiver),
+                    signal.name,
+                    message_id,
+                    exc_info=result,
+                )
+        return failed

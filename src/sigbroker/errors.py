@@ -1,0 +1,56 @@
+"""The exceptions sigbroker raises.
+
+Every exception derives from :class:`SigbrokerError`, so ``except SigbrokerError``
+catches anything the library raises on purpose::
+
+    SigbrokerError
+     +-- ConfigurationError      a setting, URL or signal name that can not work
+     +-- PayloadError            a send refused before anything was published
+     +-- InvalidMessage          a message from the wire that the decoder rejected
+     +-- BrokerUnavailable       Redis could not be reached within the bound
+
+Errors from redis-py never cross the boundary of ``client.py`` and
+``broker.py``: they are re-raised as :class:`BrokerUnavailable`, chained with
+``from`` so that the original cause stays in the traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "InvalidMessage",
+    "PayloadError",
+    "SigbrokerError",
+]
+
+
+class SigbrokerError(Exception):
+    """The root of every exception that sigbroker raises on purpose."""
+
+
+class ConfigurationError(SigbrokerError):
+    """A setting that can not work: a malformed URL, a signal without a name, a bad limit."""
+
+
+class PayloadError(SigbrokerError, ValueError):
+    """A send was refused at the sender: nothing was published.
+
+    Raised for an argument that can not be encoded (the message names the
+    argument and its type), an argument that ``providing_args`` does not
+    declare, a declared argument that is missing, or a message over the size
+    limit.
+    """
+
+
+class InvalidMessage(SigbrokerError):
+    """A message read from the wire was rejected by the decoder.
+
+    Garbage bytes, truncated msgpack, an unknown format version, a bad or
+    missing signature, an oversize message or one that breaks the nesting and
+    length limits all raise this, and only this.
+    """
+
+
+class BrokerUnavailable(SigbrokerError, ConnectionError):
+    """Redis could not be reached, or stopped answering, within the configured bound."""

@@ -1,0 +1,1 @@
+"""A small application used by the cross-process tests: signals, receivers, a recorder."""

@@ -1,0 +1,42 @@
+"""The public surface and the module boundaries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import sigbroker
+from sigbroker import errors
+
+
+def test_all_is_exactly_the_public_surface() -> None:
+    assert sorted(sigbroker.__all__) == sorted(
+        ["Client", "Signal", "Worker", "__version__", "configure", "receiver"]
+    )
+    for name in sigbroker.__all__:
+        assert getattr(sigbroker, name) is not None
+
+
+def test_error_tree() -> None:
+    for cls in (
+        errors.PayloadError,
+        errors.InvalidMessage,
+        errors.BrokerUnavailable,
+        errors.ConfigurationError,
+    ):
+        assert issubclass(cls, errors.SigbrokerError)
+        assert cls.__doc__
+    assert issubclass(errors.PayloadError, ValueError)
+    assert issubclass(errors.BrokerUnavailable, ConnectionError)
+
+
+def test_signal_and_codec_work_without_redis() -> None:
+    # signal.py and codec.py never import redis, not even through the package.
+    code = (
+        "import sys\n"
+        "import sigbroker.signal, sigbroker.codec\n"
+        "from sigbroker import Signal, receiver, configure\n"
+        "assert not [m for m in sys.modules if m == 'redis' or m.startswith('redis.')], "
+        "sorted(m for m in sys.modules if m.startswith('redis'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
