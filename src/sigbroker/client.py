@@ -121,6 +121,8 @@ class Client:
         self.redis = redis.Redis(connection_pool=self.pool)
         self._prefix = f"{self.namespace}:"
         self._channels: dict[str, str] = {}
+        self._commands: dict[str, bytes] = {}
+        self._publisher = _Publisher(self)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             weakref.WeakKeyDictionary()
         )
@@ -141,12 +143,22 @@ class Client:
 
     def encode(self, signal: SignalRef, sender: object, kwargs: Mapping[str, Any]) -> bytes:
         """Check and encode one message; raises PayloadError and publishes nothing."""
-        if isinstance(signal, Signal):
+        if type(signal) is str:
+            return self.codec.pack(signal, sender_reference(sender), kwargs)
+        assert isinstance(signal, Signal)
+        if signal.providing_args is not None:
             signal.validate(kwargs)
-            name = signal.name
-        else:
-            name = signal
-        return self.codec.pack(name, sender_reference(sender), kwargs)
+        return self.codec.pack(signal.name, sender_reference(sender), kwargs)
+
+    def _command(self, signal: SignalRef) -> bytes:
+        # The PUBLISH command up to the message, framed once per signal.
+        name = signal if type(signal) is str else signal.name  # type: ignore[union-attr]
+        prefix = self._commands.get(name)
+        if prefix is None:
+            channel = self.channel(name).encode()
+            prefix = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(channel), channel)
+            self._commands[name] = prefix
+        return prefix
 
     # -- sending --------------------------------------------------------------
 
@@ -156,14 +168,19 @@ class Client:
         Raises :class:`PayloadError` (nothing published) for a payload that
         does not encode or breaks ``providing_args``, and
         :class:`BrokerUnavailable` when Redis can not be reached in time.
+        When other threads are sending through this client at the same moment,
+        their messages and this one travel together in one pipeline.
         """
         data = self.encode(signal, sender, kwargs)
-        channel = self.channel(signal)
-        return self._call(lambda: int(self.redis.publish(channel, data)))
+        count: int = self._publisher.publish(_frame(self._command(signal), data))
+        return count
 
     def publish(self, channel: str, data: bytes) -> int:
         """Publish raw bytes on a channel (for tools and tests); return the receiver count."""
-        return self._call(lambda: int(self.redis.publish(channel, data)))
+        raw = channel.encode()
+        prefix = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(raw), raw)
+        count: int = self._publisher.publish(_frame(prefix, data))
+        return count
 
     def batch(self) -> Batch:
         """Collect many sends and publish them in one round trip on exit.
@@ -273,6 +290,7 @@ class Client:
 
     def close(self) -> None:
         """Close every pooled connection; safe to call twice."""
+        self._publisher.close()
         self.pool.disconnect()
         # asyncio connections can only be closed on the loop that opened them
         # (see aclose); dropping them lets that loop's transports close them.
@@ -283,6 +301,134 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _frame(command: bytes, data: bytes) -> bytes:
+    return b"%s$%d\r\n%s\r\n" % (command, len(data), data)
+
+
+class _Waiter:
+    """Sends queued behind the round trip in flight (see :class:`_Publisher`)."""
+
+    __slots__ = ("count", "error", "event", "frames", "lead", "many", "result")
+
+    def __init__(self, frames: bytes, count: int, many: bool) -> None:
+        self.frames = frames
+        self.count = count
+        self.many = many
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+        self.lead = False
+
+
+class _Publisher:
+    """Writes PUBLISH commands on one connection, grouping concurrent senders.
+
+    Group commit, leader/follower, with no background thread: a send that
+    finds no round trip in flight makes its own at once, so a lone sender pays
+    nothing extra. A send that finds one in flight queues; when the round trip
+    ends, the first queued sender becomes the leader and sends everything
+    queued by then as one pipeline. Each caller gets its own count or its own
+    error, and since a send returns only after its reply, each thread's
+    messages stay in order. Only the leader touches the connection.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._conn: Any = None
+        self._mutex = threading.Lock()
+        self._busy = False
+        self._queue: list[_Waiter] = []
+
+    def publish(self, frames: bytes, count: int = 1, many: bool = False) -> Any:
+        """Publish ``count`` framed commands; return the count, or the list of counts."""
+        with self._mutex:
+            if self._busy:
+                waiter = _Waiter(frames, count, many)
+                self._queue.append(waiter)
+            else:
+                self._busy = True
+                waiter = None
+        if waiter is None:
+            try:
+                return self._round_trip(frames, count, many)
+            finally:
+                self._hand_over()
+        waiter.event.wait()
+        if waiter.lead:
+            self._lead()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    def _lead(self) -> None:
+        with self._mutex:
+            batch, self._queue = self._queue, []
+        try:
+            total = sum(w.count for w in batch)
+            counts = self._round_trip(b"".join(w.frames for w in batch), total, many=True)
+        except BaseException as exc:
+            for w in batch:
+                w.error = exc
+        else:
+            at = 0
+            for w in batch:
+                w.result = counts[at : at + w.count] if w.many else counts[at]
+                at += w.count
+        finally:
+            for w in batch[1:]:
+                w.event.set()
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._mutex:
+            if self._queue:
+                nxt = self._queue[0]
+                nxt.lead = True
+                nxt.event.set()
+            else:
+                self._busy = False
+
+    def _round_trip(self, payload: bytes, replies: int, many: bool = False) -> Any:
+        """Send ``payload``, read ``replies`` replies; retry connection errors."""
+        client = self._client
+        deadline = 0.0
+        attempt = 0
+        while True:
+            conn = self._conn
+            try:
+                if conn is None:
+                    pool = client.pool
+                    conn = self._conn = pool.connection_class(**pool.connection_kwargs)
+                conn.send_packed_command((payload,), check_health=False)
+                if replies == 1 and not many:
+                    return int(conn.read_response())
+                return [int(conn.read_response()) for _ in range(replies)]
+            except (redis.ConnectionError, OSError) as exc:
+                # Refused, reset or a stale connection: retry on a fresh one.
+                self._drop()
+                attempt += 1
+                if not deadline:
+                    deadline = time.monotonic() + client.timeout_s
+                time.sleep(client._retry_delay(attempt, deadline, exc))
+            except redis.RedisError as exc:
+                # A timeout (the command may have run: no retry) or an error reply.
+                self._drop()
+                raise client._unavailable(exc, attempt + 1) from exc
+            except BaseException:
+                self._drop()
+                raise
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+
+    def close(self) -> None:
+        """Close the connection (the next send opens a new one)."""
+        with self._mutex:
+            self._drop()
 
 
 def _text(value: bytes | str) -> str:
@@ -300,13 +446,13 @@ class Batch:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._queued: list[tuple[str, bytes]] = []
+        self._queued: list[tuple[bytes, bytes]] = []
         self.results: list[int] = []
 
     def send(self, signal: SignalRef, sender: object = None, **kwargs: Any) -> None:
         """Queue one signal for publishing when the batch ends."""
         data = self.client.encode(signal, sender, kwargs)
-        self._queued.append((self.client.channel(signal), data))
+        self._queued.append((self.client._command(signal), data))
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -317,13 +463,8 @@ class Batch:
         if not queued:
             return []
 
-        def run() -> list[int]:
-            pipe = self.client.redis.pipeline(transaction=False)
-            for channel, data in queued:
-                pipe.publish(channel, data)
-            return [int(n) for n in pipe.execute()]
-
-        counts = self.client._call(run)
+        frames = b"".join(_frame(command, data) for command, data in queued)
+        counts: list[int] = self.client._publisher.publish(frames, len(queued), many=True)
         self.results.extend(counts)
         return counts
 

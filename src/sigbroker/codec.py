@@ -440,8 +440,10 @@ def register_type(
     travels under ``name`` (default ``"module.QualName"``), which the worker
     must have registered too: a message naming an unknown type is rejected.
     Only instances of exactly ``cls`` match, not of its subclasses.
-    Registering a class again replaces its functions (and name); a name that
-    belongs to another class raises :class:`ConfigurationError`.
+    Registering a class again replaces its functions (and name). A name that
+    belongs to another class raises :class:`ConfigurationError`, unless that
+    class has the same module and qualname (a reloaded module): the new class
+    then takes the name over.
     """
     if not isinstance(cls, type):
         raise TypeError(f"register_type() needs a class, not {type(cls).__qualname__!r}")
@@ -452,7 +454,7 @@ def register_type(
         decode = decode or cls
     if not callable(encode) or not callable(decode):
         raise TypeError(f"register_type({cls.__qualname__}) needs encode and decode functions")
-    wire_name = f"{cls.__module__}.{cls.__qualname__}" if name is None else name
+    wire_name = _qualified(cls) if name is None else name
     if not isinstance(wire_name, str) or not 0 < len(wire_name.encode()) <= 255:
         raise ConfigurationError(f"a type name must be a string of 1 to 255 bytes: {wire_name!r}")
     prefix = b"\x92" + msgpack.packb(wire_name)
@@ -460,16 +462,30 @@ def register_type(
     with _REGISTRY_LOCK:
         holder = _BY_NAME.get(wire_name)
         if holder is not None and holder.cls is not cls:
-            raise ConfigurationError(
-                f"the type name {wire_name!r} is already registered for {holder.cls!r}"
-            )
+            if _qualified(holder.cls) != _qualified(cls):
+                raise ConfigurationError(
+                    f"the type name {wire_name!r} is already registered for {holder.cls!r}"
+                )
+            _forget(holder.cls)  # the same class, defined again: a reloaded module
         previous = _BY_TYPE.get(cls)
-        if previous is not None and previous.name != wire_name:
-            del _BY_NAME[previous.name]
+        if previous is not None:
+            _forget(cls)
         _BY_TYPE[cls] = _BY_NAME[wire_name] = registration
         _KINDS[cls] = _REGISTERED
         _DEFAULTS[cls] = registration.default
         _LEAVES.discard(cls)
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _forget(cls: type) -> None:
+    """Drop a registered class from the tables (the caller holds the registry lock)."""
+    registration = _BY_TYPE.pop(cls)
+    del _BY_NAME[registration.name]
+    _KINDS.pop(cls, None)
+    _DEFAULTS.pop(cls, None)
 
 
 # -- encoding -----------------------------------------------------------------
