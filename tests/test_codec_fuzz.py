@@ -227,7 +227,7 @@ def test_valid_messages_decode() -> None:
 
 
 def nested_tuples(depth: int) -> bytes:
-    packed = msgpack.packb(None)
+    packed: bytes = msgpack.packb(None)
     for _ in range(depth):
         packed = msgpack.packb(msgpack.ExtType(2, b"\x91" + packed))
     return packed

@@ -297,7 +297,7 @@ def workers(opts: Options, as_json: bool) -> None:
             w.get("host", "?"),
             w.get("pid", "?"),
             _duration(now - float(w.get("started_at", now))),
-            ",".join(w.get("signals", [])),
+            len(w.get("signals", [])),
             w.get("processed", 0),
             w.get("failed", 0),
             f"{_duration(now - float(w.get('last_seen', now)))} ago",
