@@ -388,13 +388,12 @@ class Worker:
         """Subscribe and dispatch until :meth:`stop` is called (blocks)."""
         self.signals = self._collect()
         client = self.client
-        dispatcher = Dispatcher(client.codec, self.stats, self._loop)
-        handle: Callable[[Signal, bytes], None] = dispatcher.handle
+        dispatcher = Dispatcher(client.codec, self.stats, self._loop, threads=self.concurrency)
+        routes = {client.channel(s): dispatcher.handler(s) for s in self.signals}
         executor = None
         if self.concurrency > 1:
             executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sigbroker-recv")
-            handle = _pooled(executor, dispatcher.handle, self.concurrency * 4)
-        routes = {client.channel(s): _route(handle, s) for s in self.signals}
+            routes = {ch: _pooled(executor, fn, self.concurrency * 4) for ch, fn in routes.items()}
         sub = Subscription(
             client,
             routes,
@@ -495,29 +494,20 @@ class Worker:
         return not thread.is_alive()
 
 
-def _route(handle: Callable[[Signal, bytes], None], signal: Signal) -> Route:
-    def route(data: bytes) -> None:
-        handle(signal, data)
-
-    return route
-
-
-def _pooled(
-    executor: ThreadPoolExecutor, handle: Callable[[Signal, bytes], None], in_flight: int
-) -> Callable[[Signal, bytes], None]:
+def _pooled(executor: ThreadPoolExecutor, handle: Route, in_flight: int) -> Route:
     # A bounded number of messages in flight, so a slow receiver slows the
     # reading loop instead of growing an unbounded queue.
     slots = threading.BoundedSemaphore(in_flight)
 
-    def run(signal: Signal, data: bytes) -> None:
+    def run(data: bytes) -> None:
         try:
-            handle(signal, data)
+            handle(data)
         finally:
             slots.release()
 
-    def submit(signal: Signal, data: bytes) -> None:
+    def submit(data: bytes) -> None:
         slots.acquire()
-        executor.submit(run, signal, data)
+        executor.submit(run, data)
 
     return submit
 

@@ -25,9 +25,6 @@ __all__ = ["Dispatcher", "EventLoopThread", "Stats"]
 
 logger = logging.getLogger(__name__)
 
-_RESERVED = frozenset({"signal", "sender"})
-
-
 @dataclass
 class Stats:
     """What a worker has done so far; read by heartbeats and ``sigbroker workers``.
@@ -100,47 +97,80 @@ def _qualname(fn: Callable[..., Any]) -> str:
 
 
 class Dispatcher:
-    """Decode messages of known signals and call their local receivers."""
+    """Decode messages of known signals and call their local receivers.
 
-    def __init__(self, codec: Codec, stats: Stats, loop: EventLoopThread) -> None:
+    ``threads`` is how many threads may call the handlers at once: with more
+    than one, the counters are updated under the stats lock.
+    """
+
+    def __init__(
+        self, codec: Codec, stats: Stats, loop: EventLoopThread, *, threads: int = 1
+    ) -> None:
         self.codec = codec
         self.stats = stats
         self.loop = loop
+        self.threads = threads
 
     def handle(self, signal: Signal, data: bytes) -> None:
         """Dispatch one message that arrived on ``signal``'s channel; never raises."""
-        try:
-            envelope = self.codec.decode(data)
-            kwargs = envelope.kwargs
-            if envelope.signal != signal.name:
-                raise InvalidMessage(
-                    f"message for {envelope.signal!r} arrived on the channel of {signal.name!r}"
-                )
-            if not _RESERVED.isdisjoint(kwargs):
-                raise InvalidMessage("arguments named 'signal' or 'sender' are not allowed")
-        except InvalidMessage as exc:
-            with self.stats.lock:
-                self.stats.rejected += 1
-            logger.warning("Rejected a message on %s: %s", signal.name, exc)
-            return
-        sender, sync_receivers, async_receivers = signal.remote_receivers(envelope.sender)
-        failed = 0
-        for receiver in sync_receivers:
+        self.handler(signal)(data)
+
+    def handler(self, signal: Signal) -> Callable[[bytes], None]:
+        """The function that dispatches the messages of ``signal``'s channel.
+
+        It is the worker's per-message path, so everything that does not
+        change between messages is looked up once, here.
+        """
+        decode = self.codec.decode
+        name = signal.name
+        receivers_for = signal.remote_receivers
+        stats = self.stats
+        lock = stats.lock if self.threads > 1 else None
+        reject = self._reject
+        run_async = self._run_async
+
+        def handle(data: bytes) -> None:
             try:
-                receiver(signal=signal, sender=sender, **kwargs)
-            except Exception:
-                failed += 1
-                logger.exception(
-                    "Error calling %s for %s (message %s)",
-                    _qualname(receiver),
-                    signal.name,
-                    envelope.id,
-                )
-        if async_receivers:
-            failed += self._run_async(signal, sender, kwargs, async_receivers, envelope.id)
+                envelope = decode(data)
+            except InvalidMessage as exc:
+                reject(name, exc)
+                return
+            if envelope.signal != name:
+                reject(name, f"a message for {envelope.signal!r} on this channel")
+                return
+            kwargs = envelope.kwargs
+            if "signal" in kwargs or "sender" in kwargs:
+                reject(name, "arguments named 'signal' or 'sender' are not allowed")
+                return
+            sender, sync_receivers, async_receivers = receivers_for(envelope.sender)
+            failed = 0
+            for receiver in sync_receivers:
+                try:
+                    receiver(signal=signal, sender=sender, **kwargs)
+                except Exception:
+                    failed += 1
+                    logger.exception(
+                        "Error calling %s for %s (message %s)",
+                        _qualname(receiver),
+                        name,
+                        envelope.id,
+                    )
+            if async_receivers:
+                failed += run_async(signal, sender, kwargs, async_receivers, envelope.id)
+            if lock is None:
+                stats.processed += 1
+                stats.failed += failed
+            else:
+                with lock:
+                    stats.processed += 1
+                    stats.failed += failed
+
+        return handle
+
+    def _reject(self, name: str, reason: object) -> None:
         with self.stats.lock:
-            self.stats.processed += 1
-            self.stats.failed += failed
+            self.stats.rejected += 1
+        logger.warning("Rejected a message on %s: %s", name, reason)
 
     def _run_async(
         self,
