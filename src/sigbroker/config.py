@@ -133,6 +133,17 @@ def default_client() -> Client:
         return _client
 
 
+def swap_default_client(client: Client | None) -> Client | None:
+    """Install ``client`` as the default (None: build one on next use); return the old one.
+
+    The old client is not closed: ``sigbroker.testing`` puts it back afterwards.
+    """
+    global _client
+    with _lock:
+        old, _client = _client, client
+    return old
+
+
 def reset() -> None:
     """Forget the configuration and close the default client (for tests)."""
     global _settings, _client
