@@ -360,9 +360,9 @@ def test_asend_robust_returns_and_logs_errors(
     messages = sorted(r.getMessage() for r in sigbroker_records(errors))
     assert messages == [
         "Error calling test_asend_robust_returns_and_logs_errors.<locals>.async_fails "
-        "in Signal.asend_robust() (async)",
+        "in Signal.send_robust() (async)",
         "Error calling test_asend_robust_returns_and_logs_errors.<locals>.sync_fails "
-        "in Signal.asend_robust() (sync)",
+        "in Signal.send_robust() (sync)",
     ]
     assert all(r.exc_info is not None for r in sigbroker_records(errors))
 

@@ -554,7 +554,8 @@ class Signal:
             except Exception as exc:
                 self._log_send_failure("asend_robust", exc)
                 return exc
-        return await self._asend_here(sender, named, "asend_robust")
+        # Django 5.2 logs receiver failures of asend_robust as send_robust() too.
+        return await self._asend_here(sender, named, "send_robust")
 
     # robust: None lets receiver errors propagate; else the method to log them under.
 
