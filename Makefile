@@ -25,7 +25,11 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/sigbroker demo
 
-bench: $(STAMP)
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,hiredis,bench]'
+	touch $(VENV)/.bench-installed
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/run.py
 
 clean:

@@ -38,8 +38,18 @@ def collect(url: str, channel: str, stop: threading.Event, out: list[bytes]) -> 
     return thread
 
 
+@pytest.fixture(params=["hiredis", "redis-py-parser"])
+def reply_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run with our own hiredis reply reader, and with redis-py's parser instead."""
+    if request.param == "hiredis":
+        pytest.importorskip("hiredis")
+    else:
+        monkeypatch.setattr("sigbroker.client.hiredis", None)
+    return str(request.param)
+
+
 def test_many_threads_each_get_their_count_and_keep_their_order(
-    redis_url: str, namespace: str
+    redis_url: str, namespace: str, reply_parser: str
 ) -> None:
     threads, per_thread = 8, 150
     received: list[bytes] = []

@@ -29,6 +29,12 @@ from .config import SecretSetting, normalize_secrets, settings
 from .errors import BrokerUnavailable, ConfigurationError
 from .signal import Signal, sender_reference
 
+hiredis: Any
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - exercised when the extra is not installed
+    hiredis = None
+
 __all__ = ["Batch", "Client", "mask_url"]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,8 @@ SOCKET_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 10.0
 #: Retries of a send after connection errors (within SEND_TIMEOUT_S).
 SEND_RETRIES = 3
+#: Bytes read from the socket at once when reading replies.
+READ_SIZE = 65536
 #: Delay before the first retry of a failed connection; doubles each retry.
 RETRY_BASE_DELAY_S = 0.05
 #: Longest delay between two retries.
@@ -341,6 +349,7 @@ class _Publisher:
     def __init__(self, client: Client) -> None:
         self._client = client
         self._conn: Any = None
+        self._reader: Any = None
         self._mutex = threading.Lock()
         self._busy = False
         self._queue: list[_Waiter] = []
@@ -402,15 +411,19 @@ class _Publisher:
         deadline = 0.0
         attempt = 0
         while True:
-            conn = self._conn
             try:
-                if conn is None:
-                    pool = client.pool
-                    conn = self._conn = pool.connection_class(**pool.connection_kwargs)
-                conn.send_packed_command((payload,), check_health=False)
-                if replies == 1 and not many:
-                    return int(conn.read_response())
-                return [int(conn.read_response()) for _ in range(replies)]
+                conn = self._conn or self._connect()
+                if self._reader is not None:
+                    counts = self._exchange(conn._sock, payload, replies)
+                else:
+                    conn.send_packed_command((payload,), check_health=False)
+                    counts = [conn.read_response() for _ in range(replies)]
+                return [int(n) for n in counts] if many else int(counts[0])
+            except TimeoutError as exc:
+                # Written but not answered in time: the command may have run, so
+                # it is not sent again.
+                self._drop()
+                raise client._unavailable(exc, attempt + 1) from exc
             except (redis.ConnectionError, OSError) as exc:
                 # Refused, reset or a stale connection: retry on a fresh one.
                 self._drop()
@@ -419,15 +432,43 @@ class _Publisher:
                     deadline = time.monotonic() + client.timeout_s
                 time.sleep(client._retry_delay(attempt, deadline, exc))
             except redis.RedisError as exc:
-                # A timeout (the command may have run: no retry) or an error reply.
+                # A timeout inside redis-py, or an error reply (an ACL refusal, say).
                 self._drop()
                 raise client._unavailable(exc, attempt + 1) from exc
             except BaseException:
                 self._drop()
                 raise
 
+    def _connect(self) -> Any:
+        pool = self._client.pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        conn.connect()  # AUTH, TLS, SELECT: redis-py's own handshake
+        self._conn = conn
+        if hiredis is not None:
+            # From here on the replies are read off the socket by our own
+            # reader: redis-py's parser has nothing buffered after the handshake.
+            self._reader = hiredis.Reader()
+        return conn
+
+    def _exchange(self, sock: Any, payload: bytes, replies: int) -> list[Any]:
+        sock.sendall(payload)
+        reader = self._reader
+        out: list[Any] = []
+        while len(out) < replies:
+            reply = reader.gets()
+            if reply is False:
+                data = sock.recv(READ_SIZE)
+                if not data:
+                    raise redis.ConnectionError("Redis closed the connection")
+                reader.feed(data)
+            elif isinstance(reply, Exception):
+                raise redis.ResponseError(str(reply))
+            else:
+                out.append(reply)
+        return out
+
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._reader = self._conn, None, None
         if conn is not None:
             conn.disconnect()
 

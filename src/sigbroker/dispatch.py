@@ -25,6 +25,7 @@ __all__ = ["Dispatcher", "EventLoopThread", "Stats"]
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class Stats:
     """What a worker has done so far; read by heartbeats and ``sigbroker workers``.

@@ -1,0 +1,105 @@
+"""``benchmarks/README.md``: the method of each figure, the header and the latest table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+INTRO = """\
+# Benchmarks
+
+`make bench` (or `.venv/bin/python benchmarks/run.py`) measures sigbroker side by side
+with raw redis-py on the same Redis in the same run, and Celery for context. It starts
+its own `redis-server` on a free loopback port (never the shared 6379), runs every
+figure in alternating rounds (sigbroker, baseline, sigbroker, baseline, ...; one
+warm-up round of each is thrown away), prints the table below and rewrites this file
+and `benchmarks/results.json` (every round's raw number; not committed). It takes
+under 3 minutes on a 2-core machine; `--quick` checks the harness in under a minute
+with rough numbers, `--no-celery` skips figure 6. `make bench` installs the `bench`
+extra (Celery); without Celery figure 6 says so and the rest runs.
+
+How to read the table: each cell is the **median (min..max)** over the rounds. The
+ratio is always **sigbroker / baseline**, computed per round (the two sides of a round
+ran back to back) and summarised the same way. For costs (us, MB) lower is better,
+so 0.90x means sigbroker is 10% cheaper; for throughputs (msg/s) higher is better,
+so 1.50x means sigbroker drains 50% more. PASS/MISS compares the median with the
+targets of issue 4.
+"""
+
+METHOD = """\
+## Method
+
+**Payload.** Every message carries 5 keyword arguments: an int, a str, a float, an
+aware datetime and a Decimal, sent by a class (`sender=Order`). The raw side sends the
+same values as a msgpack dict, datetime and Decimal turned into strings
+(`isoformat()`, `str()`), and builds and packs that dict in every call, as
+sigbroker encodes in every call. gc is paused during timed loops on both sides.
+
+**1. Send cost.** `Signal.send` through the default client set up by
+`sigbroker.configure()` against `redis.Redis.publish(channel, msgpack.packb(...))`,
+3,000 calls per round, 7 rounds, on channels nobody subscribes to (PUBLISH costs the
+same on the server; the figure is the client's own work and the round trip). Variants:
+signed (`configure(secret=...)`; the raw side stays unsigned), a signal with
+`providing_args` (checked at every send), and the same without hiredis: a separate
+process where `import hiredis` fails (`sys.modules["hiredis"] = None` before redis-py
+loads), for both sides. Each runs in a fresh process. The *CPU time* rows are the
+sending thread's own CPU time (user + system, `time.thread_time()`) per call, without
+the time it sleeps waiting for Redis: on a virtual machine the wake-ups of a round
+trip vary with what else runs (and even shrink when the client does more work between
+round trips), the CPU cost much less, so those rows tell more about the code.
+
+**2. Batch send.** `with client.batch() as b:` with 100 `b.send(...)` against a
+redis-py `pipeline(transaction=False)` of 100 `publish` calls of packed dicts; 100
+batches per round; messages per second.
+
+**3. Worker throughput.** One consumer process, fed faster than it drains: it is
+frozen with SIGSTOP, 100,000 messages are queued in Redis (the server's pub/sub output
+buffer limit is lifted), and the clock runs from SIGCONT until the receiver reports the
+100,000th message (`time.perf_counter()` is `CLOCK_MONOTONIC` on Linux, the same clock
+in every process). sigbroker: `python -m sigbroker worker -A benchmarks.receivers
+--concurrency 1`, whose receiver only counts. Raw: `benchmarks/raw_subscriber.py`, a
+redis-py `PubSub.get_message(timeout=...)` loop that `msgpack.unpackb`s each message
+and calls a handler that only counts. The messages are 1,000 distinct ones, replayed
+by a feeder that writes pipelined PUBLISH commands on a plain socket; the sigbroker
+ones are real messages made by `Client.batch()` and captured from Redis. The
+`--concurrency 4` worker (a thread pool) is shown for context.
+
+**4. End-to-end latency.** One message at a time: send, wait for the receiver's
+acknowledgement, send the next; 1,000 messages per round, 5 rounds per side (5,000
+each). The latency is from just before the send call (encoding included) until the
+receiver runs in the worker, which takes `time.perf_counter()` first and publishes it
+back (the same report path on both sides; the acknowledgement only paces the sends).
+Each round's percentile is one measurement; `results.json` also has the percentiles
+over all the messages of a side.
+
+**5. Worker memory.** `VmRSS` from `/proc/<pid>/status` of the consumer processes of
+figure 3: idle (after startup and subscription), and after 10^6 messages in all (the
+rounds of figure 3 included, the rest fed as fast as the feeder goes), five readings
+each. Growth is after minus the idle median.
+
+**6. Celery**, for context: Celery with its Redis broker on database 1 of the same
+server, `celery -A benchmarks.celery_app worker --pool solo`, JSON serializer (kombu's
+encodes datetime and Decimal), results ignored. Call cost: `apply_async` of the same
+payload to a queue nobody consumes, against `Signal.send` to a channel nobody
+subscribes to. Latency: `apply_async` until the task body starts (it acknowledges the
+same way as the sigbroker receiver), 200 tasks per round, against sigbroker's
+send-to-receiver latency in alternating rounds.
+
+**7. Codec alone.** `Codec.pack` (the fast encoder that `send` uses) + `Codec.decode`
+of the payload, against `msgpack.packb` + `unpackb` and `json.dumps` + `loads` of the
+raw dict. sigbroker does strictly more: the envelope (id, send time, origin, names),
+typed values (the raw sides leave datetime and Decimal as strings), limits and checks.
+
+**8. Threads.** 8 threads released together, each sending 1,000 messages through one
+shared `Client` (`client.send`), against 8 threads publishing through one shared
+`redis.Redis` (one `ConnectionPool`); total messages per second from release until
+the last thread ends. The single-thread rows time the same two clients one call at a
+time.
+"""
+
+
+def write_readme(path: Path, header: dict[str, str], table: str, score: tuple[int, int]) -> None:
+    """Write the README: intro, latest results (header and table), then the method."""
+    lines = [INTRO, "## Latest results", ""]
+    lines += [f"- **{key}**: {value}" for key, value in header.items()]
+    lines += ["", table, "", f"Targets met: {score[0]} of {score[1]}.", "", METHOD]
+    path.write_text("\n".join(lines))
