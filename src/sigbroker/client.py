@@ -47,6 +47,8 @@ SOCKET_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 10.0
 #: Retries of a send after connection errors (within SEND_TIMEOUT_S).
 SEND_RETRIES = 3
+#: Round trips a sender makes for others queued behind it before passing the lead on.
+LEAD_ROUNDS = 8
 #: Bytes read from the socket at once when reading replies.
 READ_SIZE = 65536
 #: Delay before the first retry of a failed connection; doubles each retry.
@@ -339,11 +341,13 @@ class _Publisher:
 
     Group commit, leader/follower, with no background thread: a send that
     finds no round trip in flight makes its own at once, so a lone sender pays
-    nothing extra. A send that finds one in flight queues; when the round trip
-    ends, the first queued sender becomes the leader and sends everything
-    queued by then as one pipeline. Each caller gets its own count or its own
-    error, and since a send returns only after its reply, each thread's
-    messages stay in order. Only the leader touches the connection.
+    nothing extra. A send that finds one in flight queues. The sender whose
+    round trip just ended stays leader for a few more rounds: each time it
+    sends everything queued by then as one pipeline and wakes those senders;
+    then it hands the lead to the first sender still queued. Each caller gets
+    its own count or its own error, and since a send returns only after its
+    reply, each thread's messages stay in order. Only the leader touches the
+    connection.
     """
 
     def __init__(self, client: Client) -> None:
@@ -365,35 +369,49 @@ class _Publisher:
                 waiter = None
         if waiter is None:
             try:
-                return self._round_trip(frames, count, many)
-            finally:
+                result = self._round_trip(frames, count, many)
+            except BaseException:
                 self._hand_over()
+                raise
+            self._keep_leading()
+            return result
         waiter.wake.acquire()
         if waiter.lead:
-            self._lead()
+            self._keep_leading()  # the first batch it sends holds its own message
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
 
-    def _lead(self) -> None:
-        with self._mutex:
-            batch, self._queue = self._queue, []
+    def _keep_leading(self) -> None:
+        # Leading on saves the wake-up of a new leader per round trip; the
+        # bound keeps one thread from serving the others for too long.
+        for _ in range(LEAD_ROUNDS):
+            with self._mutex:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._busy = False
+                    return
+            if not self._send_batch(batch):
+                break
+        self._hand_over()
+
+    def _send_batch(self, batch: list[_Waiter]) -> bool:
+        """One pipeline for the queued senders; wake them; return whether it went through."""
         try:
             total = sum(w.count for w in batch)
             counts = self._round_trip(b"".join(w.frames for w in batch), total, many=True)
         except BaseException as exc:
             for w in batch:
                 w.error = exc
+            return False
         else:
             at = 0
             for w in batch:
                 w.result = counts[at : at + w.count] if w.many else counts[at]
                 at += w.count
+            return True
         finally:
-            # The next leader goes first, so the next round trip starts while
-            # this batch's senders wake up.
-            self._hand_over()
-            for w in batch[1:]:
+            for w in batch:
                 w.wake.release()
 
     def _hand_over(self) -> None:
