@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -27,6 +27,8 @@ from . import __version__
 from .errors import ConfigurationError, SigbrokerError
 
 __all__ = ["cli", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
@@ -144,19 +146,19 @@ def parse_arguments(pairs: Sequence[str], json_text: str | None) -> dict[str, An
 
 # -- commands -------------------------------------------------------------------
 
+
+def app_option(help_text: str) -> Callable[[F], F]:
+    """The ``-A MODULE`` option (repeatable, required) of ``worker`` and ``inspect``."""
+    return click.option(
+        "-A", "--app", "modules", multiple=True, required=True, metavar="MODULE", help=help_text
+    )
+
+
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 @cli.command()
-@click.option(
-    "-A",
-    "--app",
-    "modules",
-    multiple=True,
-    required=True,
-    metavar="MODULE",
-    help="Module that connects receivers (repeatable).",
-)
+@app_option("Module that connects receivers (repeatable).")
 @click.option(
     "--concurrency",
     default=1,
@@ -324,15 +326,7 @@ def listen(opts: Options, signal_names: tuple[str, ...], as_json: bool, count: i
 
 
 @cli.command()
-@click.option(
-    "-A",
-    "--app",
-    "modules",
-    multiple=True,
-    required=True,
-    metavar="MODULE",
-    help="Module that defines signals or connects receivers (repeatable).",
-)
+@app_option("Module that defines signals or connects receivers (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
 @pass_options
 def inspect(opts: Options, modules: tuple[str, ...], as_json: bool) -> None:
