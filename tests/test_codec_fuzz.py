@@ -259,6 +259,10 @@ BOMBS = {
     "array headers that each claim 100,000 items": frame(
         b"\x81\xa1a" + b"\xdd\x00\x01\x86\xa0" * 1000 + b"\xc0"
     ),
+    # Claims within the message size: only the allocation-free prescan stops these.
+    "300 array headers that each claim 90,000 items, before 90 KB of data": frame(
+        b"\x81\xa1a" + b"\xdd\x00\x01\x5f\x90" * 300 + b"\xc6\x00\x01\x5f\x90" + b"x" * 90_000
+    ),
     "map headers that each claim 100,000 pairs": frame(
         b"\x81\xa1a" + b"\xdf\x00\x01\x86\xa0\xa1k" * 1000 + b"\xc0"
     ),

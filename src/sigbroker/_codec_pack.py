@@ -1,0 +1,210 @@
+"""Packing the keyword arguments of a send into the ``"k"`` bytes of a message.
+
+Two paths give the same bytes. Arguments whose values are all leaves (no
+container, no registered type: the common payload of ids, names, amounts and
+times) need no walk and go straight to a packer kept per thread
+(:func:`pack_kwargs`). Everything else takes :func:`pack_arguments`, which
+walks each argument first, so that one that can not be sent or breaks a
+limit is refused with its name before anything is packed. Part of
+:mod:`sigbroker.codec`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import msgpack
+
+from ._codec_limits import Limits, describe, short
+from ._codec_registry import BY_TYPE, classify
+from ._codec_types import DEFAULTS, KINDS, LEAF, LEAVES, MAP, REGISTERED, UNSUPPORTED, encode_leaf
+from .errors import PayloadError
+
+_STR: Final = frozenset({str})
+# CPython 3.11 compiles a method call on an imported name to an attribute
+# lookup and a call, not LOAD_METHOD: the hot ones are bound once, here. The
+# tables grow in place and are never rebound.
+_hook_for: Final = DEFAULTS.get
+_kind_of: Final = KINDS.get
+_all_leaves: Final = LEAVES.issuperset
+
+
+class Refused(Exception):
+    """An argument can not be sent; the text completes "argument 'name' ..."."""
+
+
+def _unsupported(cls: type) -> Refused:
+    return Refused(
+        f"is not serializable: object of type {cls.__qualname__!r}"
+        " (register it with sigbroker.codec.register_type)"
+    )
+
+
+class Encoder:
+    """One encoding: the packer's default hook, and the walk that checks arguments.
+
+    The walk runs before packing, so that an argument is refused with its name
+    and nothing is half packed. It calls the encoders of registered types and
+    keeps their results in ``cache`` for the default hook, so that each is
+    called once per value.
+    """
+
+    __slots__ = ("cache", "max_depth", "max_len")
+
+    def __init__(self, max_depth: int = 0, max_len: int = 0) -> None:
+        self.cache: dict[int, tuple[Any, Any]] = {}
+        self.max_depth = max_depth
+        self.max_len = max_len
+
+    def default(self, value: Any) -> Any:
+        """The packer's hook for every value that it does not pack itself."""
+        hook = _hook_for(type(value))
+        if hook is None:
+            classify(type(value))
+            hook = _hook_for(type(value))
+            if hook is None:
+                raise TypeError(f"object of type {type(value).__qualname__!r} is not serializable")
+        return hook(self, value)
+
+    def packb(self, value: Any) -> bytes:
+        """Pack a value nested in another one (a tuple's items, a registered stand-in)."""
+        # A packer is not re-entrant, and default() packs nested values: a fresh
+        # small one costs less than 0.2 us.
+        packer = msgpack.Packer(default=self.default, strict_types=True, buf_size=1024)
+        packed: bytes = packer.pack(value)
+        return packed
+
+    def stand_in(self, value: Any) -> Any:
+        """The stand-in of a registered value: the walk's, or a fresh one."""
+        hit = self.cache.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        return BY_TYPE[type(value)].encode(value)
+
+    def measure(self, value: Any, budget: int) -> int:
+        """Return the depth of ``value``; raise Refused past the limits."""
+        cls = type(value)
+        kind = _kind_of(cls) or classify(cls)
+        if kind == LEAF:
+            return 0
+        if kind == UNSUPPORTED:
+            raise _unsupported(cls)
+        if budget <= 0:
+            raise Refused(f"nests deeper than the limit of {self.max_depth} levels")
+        if kind == REGISTERED:
+            return 1 + self.measure(self.encoded(value), budget - 1)
+        if len(value) > self.max_len:
+            raise Refused(
+                f"holds a {cls.__qualname__} of {len(value)} items,"
+                f" over the limit of {self.max_len}"
+            )
+        if kind == MAP:
+            keys = self.measure_items(value.keys(), budget - 1)
+            return 1 + max(keys, self.measure_items(value.values(), budget - 1))
+        return 1 + self.measure_items(value, budget - 1)
+
+    def measure_items(self, items: Iterable[Any], budget: int) -> int:
+        """The depth of the deepest of ``items``."""
+        if _all_leaves(map(type, items)):
+            return 0
+        return max(self.measure(item, budget) for item in items)
+
+    def encoded(self, value: Any) -> Any:
+        """Call the registered encoder of ``value`` once, and keep its stand-in."""
+        hit = self.cache.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        registration = BY_TYPE[type(value)]
+        try:
+            encoded = registration.encode(value)
+        except Exception as exc:
+            raise Refused(
+                f"could not be encoded: the encoder registered for"
+                f" {registration.cls.__qualname__!r} raised {describe(exc)}"
+            ) from exc
+        self.cache[id(value)] = (value, encoded)
+        return encoded
+
+
+_PLAIN: Final = Encoder()  # holds nothing: for arguments that are all leaves
+_local = threading.local()
+
+
+def _leaf_packer() -> Any:
+    try:
+        return _local.packer
+    except AttributeError:  # a Packer is not thread-safe: one per thread
+        _local.packer = msgpack.Packer(default=encode_leaf, strict_types=True)
+        return _local.packer
+
+
+def pack_kwargs(kwargs: Mapping[str, Any], limits: Limits) -> bytes:
+    """Check and pack the arguments of a send: :func:`pack_arguments`, faster.
+
+    Arguments with str names whose values are all in ``LEAVES`` need no walk:
+    this thread's packer takes them as they are. Anything else, and anything
+    that packer refuses, takes :func:`pack_arguments`, which gives the same
+    bytes or refuses the argument by name.
+    """
+    if type(kwargs) is dict and len(kwargs) <= limits.max_container_len:
+        leaves = LEAVES
+        for name, value in kwargs.items():  # a loop beats issuperset(map(type, ...)) here
+            if type(name) is not str or type(value) not in leaves:
+                break
+        else:
+            try:
+                packer = _local.packer
+            except AttributeError:
+                packer = _leaf_packer()
+            try:
+                packed: bytes = packer.pack(kwargs)
+                return packed
+            except Exception:
+                pass  # the general path refuses it, naming the argument
+    return pack_arguments(kwargs, limits)
+
+
+def pack_arguments(kwargs: Mapping[str, Any], limits: Limits) -> bytes:
+    """Check and pack any arguments; raise :class:`PayloadError` naming the argument."""
+    if type(kwargs) is not dict:
+        if not isinstance(kwargs, Mapping):
+            raise PayloadError(f"arguments must be a mapping, not {type(kwargs).__qualname__}")
+        kwargs = dict(kwargs)
+    exact_names = _STR.issuperset(map(type, kwargs))
+    if not exact_names:
+        for key in kwargs:
+            if not isinstance(key, str):
+                raise PayloadError(f"argument names must be strings, not {short(key)}")
+    if len(kwargs) > limits.max_container_len:
+        raise PayloadError(f"{len(kwargs)} arguments, over the limit of {limits.max_container_len}")
+    if exact_names and _all_leaves(map(type, kwargs.values())):
+        encoder = _PLAIN  # the leaf packer knows every type here, and no name needs a hook
+        packer = _leaf_packer()
+    else:
+        encoder = Encoder(limits.max_depth, limits.max_container_len)
+        for key, value in kwargs.items():
+            try:
+                encoder.measure(value, limits.max_depth)
+            except Refused as exc:
+                raise PayloadError(f"argument {key!r} {exc}") from exc.__cause__
+        packer = msgpack.Packer(default=encoder.default, strict_types=True)
+    try:
+        body: bytes = packer.pack(kwargs)
+    except Exception as exc:
+        raise _diagnose(encoder, kwargs, exc) from exc
+    return body
+
+
+def _diagnose(encoder: Encoder, kwargs: dict[str, Any], error: Exception) -> PayloadError:
+    """Name the argument that made packing fail (rare: the walk catches most)."""
+    for key, value in kwargs.items():
+        try:
+            encoder.packb(value)
+        except Exception as exc:
+            return PayloadError(
+                f"argument {key!r} could not be encoded: a {type(value).__qualname__!r}"
+                f" ({describe(exc)})"
+            )
+    return PayloadError(f"arguments could not be encoded ({describe(error)})")

@@ -1,0 +1,139 @@
+"""The registry of users' types, and the classification of every other type.
+
+:func:`register_type` lets instances of a class travel under a name; the
+decoder finds them again by that name in :data:`BY_NAME` only, never by
+importing anything. :func:`classify` files a type seen for the first time
+(a subclass of a built-in type, or an unsupported one) into the dispatch
+tables of :mod:`sigbroker._codec_types`. Part of :mod:`sigbroker.codec`.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import msgpack
+
+from ._codec_types import (
+    BASES,
+    BUILTIN,
+    DEFAULTS,
+    EXT_REGISTERED,
+    KINDS,
+    LEAF,
+    LEAVES,
+    REGISTERED,
+    UNSUPPORTED,
+    Nesting,
+)
+from .errors import ConfigurationError
+
+_new_tuple = tuple.__new__  # ExtType without its checks in Python: ours are known good
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A registered type: its wire name, its functions, and its payload's prefix."""
+
+    cls: type
+    name: str
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+    prefix: bytes  # array header and packed name, the start of every payload
+
+    def default(self, enc: Nesting, value: Any) -> msgpack.ExtType:
+        """The packer's default hook for this type."""
+        packed = self.prefix + enc.packb(enc.stand_in(value))
+        return _new_tuple(msgpack.ExtType, (EXT_REGISTERED, packed))
+
+
+_REGISTRY_LOCK = threading.Lock()
+BY_TYPE: dict[type, Registration] = {}
+BY_NAME: dict[str, Registration] = {}
+
+
+def classify(cls: type) -> int:
+    """Find and remember what kind of value an instance of ``cls`` is."""
+    with _REGISTRY_LOCK:
+        if cls in BY_TYPE:
+            return REGISTERED
+        kind: int = UNSUPPORTED
+        if not issubclass(cls, Enum):
+            for base, base_kind, hook in BASES:
+                if issubclass(cls, base):
+                    kind = base_kind
+                    DEFAULTS[cls] = hook
+                    break
+        if kind == LEAF:
+            LEAVES.add(cls)
+        KINDS[cls] = kind
+        return kind
+
+
+def register_type(
+    cls: type,
+    encode: Callable[[Any], Any] | None = None,
+    decode: Callable[[Any], Any] | None = None,
+    *,
+    name: str | None = None,
+) -> None:
+    """Let instances of ``cls`` travel in signal arguments.
+
+    ``encode(value)`` returns an encodable stand-in (itself made of supported
+    types) and ``decode(stand_in)`` rebuilds the value in the worker; for an
+    Enum they default to ``member.value`` and ``cls(value)``. The class
+    travels under ``name`` (default ``"module.QualName"``), which the worker
+    must have registered too: a message naming an unknown type is rejected.
+    ``decode`` gets what arrived on the wire and should check it; whatever it
+    raises rejects the message as :class:`InvalidMessage`.
+    Only instances of exactly ``cls`` match, not of its subclasses.
+    Registering a class again replaces its functions (and name). A name that
+    belongs to another class raises :class:`ConfigurationError`, unless that
+    class has the same module and qualname (a reloaded module): the new class
+    then takes the name over.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register_type() needs a class, not {type(cls).__qualname__!r}")
+    if cls in BUILTIN:
+        raise ConfigurationError(f"{cls.__qualname__} is built in and can not be registered")
+    if issubclass(cls, Enum):
+        encode = encode or operator.attrgetter("value")
+        decode = decode or cls
+    if not callable(encode) or not callable(decode):
+        raise TypeError(f"register_type({cls.__qualname__}) needs encode and decode functions")
+    wire_name = _qualified(cls) if name is None else name
+    if not isinstance(wire_name, str) or not 0 < len(wire_name.encode()) <= 255:
+        raise ConfigurationError(f"a type name must be a string of 1 to 255 bytes: {wire_name!r}")
+    prefix = b"\x92" + msgpack.packb(wire_name)
+    registration = Registration(cls, wire_name, encode, decode, prefix)
+    with _REGISTRY_LOCK:
+        holder = BY_NAME.get(wire_name)
+        if holder is not None and holder.cls is not cls:
+            if _qualified(holder.cls) != _qualified(cls):
+                raise ConfigurationError(
+                    f"the type name {wire_name!r} is already registered for {holder.cls!r}"
+                )
+            _forget(holder.cls)  # the same class, defined again: a reloaded module
+        previous = BY_TYPE.get(cls)
+        if previous is not None and previous.name != wire_name:
+            del BY_NAME[previous.name]
+        BY_TYPE[cls] = BY_NAME[wire_name] = registration
+        KINDS[cls] = REGISTERED
+        DEFAULTS[cls] = registration.default
+        LEAVES.discard(cls)
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _forget(cls: type) -> None:
+    """Drop a registered class from the tables (the caller holds the registry lock)."""
+    registration = BY_TYPE.pop(cls)
+    del BY_NAME[registration.name]
+    KINDS.pop(cls, None)
+    DEFAULTS.pop(cls, None)
