@@ -139,6 +139,7 @@ class Subscription:
         patterns: Iterable[str] = (),
         on_pattern: Callable[[bytes, bytes], None] | None = None,
         use_hiredis: bool | None = None,
+        stats: Stats | None = None,
     ) -> None:
         self.client = client
         self.routes = {name.encode(): fn for name, fn in routes.items()}
@@ -146,7 +147,7 @@ class Subscription:
         self.on_pattern = on_pattern
         self.probe = probe.encode() if probe else None
         self.use_hiredis = (hiredis is not None) if use_hiredis is None else use_hiredis
-        self.stats_resubscribes = 0
+        self.stats = stats if stats is not None else Stats()
         self.subscribed = threading.Event()
         self._stopping = False
         self._probe_token: bytes | None = None
@@ -198,7 +199,7 @@ class Subscription:
             try:
                 conn = self._connect()
                 if not first:
-                    self.stats_resubscribes += 1
+                    self.stats.resubscribes += 1
                     logger.warning(
                         "Resubscribed to %s (messages sent meanwhile are lost)",
                         mask_url(self.client.url),
@@ -399,6 +400,7 @@ class Worker:
             routes,
             probe=probe_channel(client.namespace, self.id),
             use_hiredis=self.use_hiredis,
+            stats=self.stats,
         )
         self._subscription = sub
         self.started_at = time.time()
@@ -429,7 +431,6 @@ class Worker:
             self.client.call(lambda r: r.delete(self._heartbeat_key))
         except BrokerUnavailable as exc:
             logger.debug("Could not remove the heartbeat: %s", exc)
-        self.stats.resubscribes = self._subscription.stats_resubscribes if self._subscription else 0
         logger.info("Worker %s stopped: %s", self.id, self.stats.as_dict())
 
     @property
@@ -438,8 +439,6 @@ class Worker:
 
     def heartbeat(self) -> dict[str, Any]:
         """The worker's heartbeat record, as ``sigbroker workers`` shows it."""
-        if self._subscription is not None:
-            self.stats.resubscribes = self._subscription.stats_resubscribes
         host, pid, _ = self.id.rsplit(":", 2)
         return {
             "id": self.id,

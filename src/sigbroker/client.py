@@ -137,7 +137,6 @@ class Client:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             weakref.WeakKeyDictionary()
         )
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Client {mask_url(self.url)} namespace={self.namespace!r}>"
