@@ -46,6 +46,12 @@ def test_delivery_resumes_after_redis_is_killed_and_restarted(
         resumed = time.monotonic() - restarted
         assert client.send(user_registered, user=2, request=None) == 1
         rows = worker.wait_records(2, receiver="on_any_sender")
+
+        def resubscribes() -> int:
+            beats = list_workers(client)
+            return int(beats[0]["resubscribes"]) if beats else 0
+
+        assert wait_for(resubscribes, 15, "the heartbeat to count the gap") == 1
     assert [r["kwargs"]["user"] for r in rows] == [1, 2]
     assert "Resubscribed" in worker.output()
     print(f"delivery resumed {resumed:.2f}s after the restart")
