@@ -162,12 +162,10 @@ class Client:
 
     def _command(self, signal: SignalRef) -> bytes:
         # The PUBLISH command up to the message, framed once per signal.
-        name = signal if type(signal) is str else signal.name  # type: ignore[union-attr]
+        name = signal if isinstance(signal, str) else signal.name
         prefix = self._commands.get(name)
         if prefix is None:
-            channel = self.channel(name).encode()
-            prefix = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(channel), channel)
-            self._commands[name] = prefix
+            prefix = self._commands[name] = _publish_command(self.channel(name))
         return prefix
 
     # -- sending --------------------------------------------------------------
@@ -187,9 +185,7 @@ class Client:
 
     def publish(self, channel: str, data: bytes) -> int:
         """Publish raw bytes on a channel (for tools and tests); return the receiver count."""
-        raw = channel.encode()
-        prefix = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(raw), raw)
-        count: int = self._publisher.publish(_frame(prefix, data))
+        count: int = self._publisher.publish(_frame(_publish_command(channel), data))
         return count
 
     def batch(self) -> Batch:
@@ -311,6 +307,12 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _publish_command(channel: str) -> bytes:
+    """A PUBLISH command in Redis's protocol, up to (not including) the message."""
+    raw = channel.encode()
+    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(raw), raw)
 
 
 def _frame(command: bytes, data: bytes) -> bytes:
