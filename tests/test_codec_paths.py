@@ -451,6 +451,28 @@ def test_the_public_names_belong_to_the_codec_module() -> None:
     assert pickle.loads(pickle.dumps(limits)) == limits
 
 
+def test_read_gives_the_fields_of_the_envelope_that_decode_builds() -> None:
+    kwargs = {"when": datetime(2026, 1, 1, tzinfo=timezone.utc), "n": 1}
+    for each in (Codec(), Codec(b"secret")):
+        data = each.pack("paths.signal", "paths.Sender", kwargs)
+        envelope = each.decode(data)
+        fields = each.read(data)
+        assert fields == (
+            envelope.signal,
+            envelope.sender,
+            envelope.kwargs,
+            envelope.id,
+            envelope.sent_at,
+            envelope.origin,
+        )
+        assert fields[:3] == ("paths.signal", "paths.Sender", kwargs)
+    signed = Codec(b"secret")
+    for bad in (b"", b"\x80", frame(b"\x81\xa1a\xc1"), Codec(b"other").pack("s", None, {})):
+        read = outcome(lambda data=bad: signed.read(data))
+        assert read == outcome(lambda data=bad: signed.decode(data))
+        assert read[1] is InvalidMessage
+
+
 def test_decode_builds_the_envelope_that_encode_took() -> None:
     envelope = Envelope("paths.signal", None, {"when": date(2026, 1, 1)}, "1" * 32, 2.5, "h:2")
     for each in (Codec(), Codec(b"secret")):

@@ -208,6 +208,10 @@ def _envelope_maker() -> Callable[[str, str | None, dict[str, Any], str, float, 
 
 _envelope: Final = _envelope_maker()
 
+#: An envelope's fields as :meth:`Codec.read` returns them:
+#: ``(signal, sender, kwargs, id, sent_at, origin)``.
+Fields = tuple[str, str | None, dict[str, Any], str, float, str]
+
 
 # -- the process: origin and message ids --------------------------------------
 
@@ -386,6 +390,15 @@ class Codec:
 
     def decode(self, data: bytes) -> Envelope:
         """Decode and check one message; raise :class:`InvalidMessage` and nothing else."""
+        return _envelope(*self.read(data))
+
+    def read(self, data: bytes) -> Fields:
+        """What :meth:`decode` returns, as a plain tuple in the fields' order.
+
+        ``(signal, sender, kwargs, id, sent_at, origin)``, the same checks and
+        the same errors, without building the :class:`Envelope`: the worker's
+        per-message path.
+        """
         try:
             if type(data) is not bytes:
                 data = self._as_bytes(data)
@@ -395,7 +408,8 @@ class Codec:
                 )
             if not data or data[0] & 0xF0 != 0x80:
                 raise InvalidMessage("not a sigbroker message: expected a msgpack map")
-            if self._signers:
+            signers = self._signers
+            if signers:
                 self._verify(data)
             # The envelope holds no array, no ext and no long string: msgpack
             # refuses them while parsing. (A bin can not be longer than the message.)
@@ -407,14 +421,14 @@ class Codec:
                 max_ext_len=0,
             )
             message_id, signal, sender, sent_at, origin_, body = _read_fields(fields)
-            if self._signers and fields.get("h") != data[-32:]:
+            if signers and fields.get("h") != data[-32:]:
                 raise InvalidMessage("the signature is not the last field")
             kwargs = _unpack_arguments(body, self.limits)
+            return signal, sender, kwargs, message_id, sent_at, origin_
         except InvalidMessage:
             raise
         except Exception as exc:
             raise InvalidMessage(f"undecodable message ({_describe(exc)})") from exc
-        return _envelope(signal, sender, kwargs, message_id, sent_at, origin_)
 
     def _as_bytes(self, data: object) -> bytes:
         if not isinstance(data, bytes | bytearray | memoryview):

@@ -122,7 +122,7 @@ class Dispatcher:
         It is the worker's per-message path, so everything that does not
         change between messages is looked up once, here.
         """
-        decode = self.codec.decode
+        read = self.codec.read
         name = signal.name
         receivers_for = signal.remote_receivers
         stats = self.stats
@@ -132,18 +132,17 @@ class Dispatcher:
 
         def handle(data: bytes) -> None:
             try:
-                envelope = decode(data)
+                signal_name, sender_ref, kwargs, message_id, _, _ = read(data)
             except InvalidMessage as exc:
                 reject(name, exc)
                 return
-            if envelope.signal != name:
-                reject(name, f"a message for {envelope.signal!r} on this channel")
+            if signal_name != name:
+                reject(name, f"a message for {signal_name!r} on this channel")
                 return
-            kwargs = envelope.kwargs
             if "signal" in kwargs or "sender" in kwargs:
                 reject(name, "arguments named 'signal' or 'sender' are not allowed")
                 return
-            sender, sync_receivers, async_receivers = receivers_for(envelope.sender)
+            sender, sync_receivers, async_receivers = receivers_for(sender_ref)
             failed = 0
             for receiver in sync_receivers:
                 try:
@@ -154,10 +153,10 @@ class Dispatcher:
                         "Error calling %s for %s (message %s)",
                         _qualname(receiver),
                         name,
-                        envelope.id,
+                        message_id,
                     )
             if async_receivers:
-                failed += run_async(signal, sender, kwargs, async_receivers, envelope.id)
+                failed += run_async(signal, sender, kwargs, async_receivers, message_id)
             if lock is None:
                 stats.processed += 1
                 stats.failed += failed
