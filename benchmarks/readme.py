@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 INTRO = """\
@@ -36,7 +37,7 @@ sigbroker encodes in every call. gc is paused during timed loops on both sides.
 
 **1. Send cost.** `Signal.send` through the default client set up by
 `sigbroker.configure()` against `redis.Redis.publish(channel, msgpack.packb(...))`,
-3,000 calls per round, 7 rounds, on channels nobody subscribes to (PUBLISH costs the
+{send_calls:,} calls per round, {rounds} rounds, on channels nobody subscribes to (PUBLISH costs the
 same on the server; the figure is the client's own work and the round trip). Variants:
 signed (`configure(secret=...)`; the raw side stays unsigned), a signal with
 `providing_args` (checked at every send), and the same without hiredis: a separate
@@ -48,13 +49,13 @@ trip vary with what else runs (and even shrink when the client does more work be
 round trips), the CPU cost much less, so those rows tell more about the code.
 
 **2. Batch send.** `with client.batch() as b:` with 100 `b.send(...)` against a
-redis-py `pipeline(transaction=False)` of 100 `publish` calls of packed dicts; 100
+redis-py `pipeline(transaction=False)` of 100 `publish` calls of packed dicts; {batches}
 batches per round; messages per second.
 
 **3. Worker throughput.** One consumer process, fed faster than it drains: it is
-frozen with SIGSTOP, 100,000 messages are queued in Redis (the server's pub/sub output
+frozen with SIGSTOP, {drain_messages:,} messages are queued in Redis (the server's pub/sub output
 buffer limit is lifted), and the clock runs from SIGCONT until the receiver reports the
-100,000th message (`time.perf_counter()` is `CLOCK_MONOTONIC` on Linux, the same clock
+{drain_messages:,}th message (`time.perf_counter()` is `CLOCK_MONOTONIC` on Linux, the same clock
 in every process). sigbroker: `python -m sigbroker worker -A benchmarks.receivers
 --concurrency 1`, whose receiver only counts. Raw: `benchmarks/raw_subscriber.py`, a
 redis-py `PubSub.get_message(timeout=...)` loop that `msgpack.unpackb`s each message
@@ -64,15 +65,15 @@ ones are real messages made by `Client.batch()` and captured from Redis. The
 `--concurrency 4` worker (a thread pool) is shown for context.
 
 **4. End-to-end latency.** One message at a time: send, wait for the receiver's
-acknowledgement, send the next; 1,000 messages per round, 5 rounds per side (5,000
-each). The latency is from just before the send call (encoding included) until the
+acknowledgement, send the next; {latency_per_round:,} messages per round, {worker_rounds}
+rounds per side. The latency is from just before the send call (encoding included) until the
 receiver runs in the worker, which takes `time.perf_counter()` first and publishes it
 back (the same report path on both sides; the acknowledgement only paces the sends).
 Each round's percentile is one measurement; `results.json` also has the percentiles
 over all the messages of a side.
 
 **5. Worker memory.** `VmRSS` from `/proc/<pid>/status` of the consumer processes of
-figure 3: idle (after startup and subscription), and after 10^6 messages in all (the
+figure 3: idle (after startup and subscription), and after {memory_total:,} messages in all (the
 rounds of figure 3 included, the rest fed as fast as the feeder goes), five readings
 each. Growth is after minus the idle median.
 
@@ -81,7 +82,7 @@ server, `celery -A benchmarks.celery_app worker --pool solo`, JSON serializer (k
 encodes datetime and Decimal), results ignored. Call cost: `apply_async` of the same
 payload to a queue nobody consumes, against `Signal.send` to a channel nobody
 subscribes to. Latency: `apply_async` until the task body starts (it acknowledges the
-same way as the sigbroker receiver), 200 tasks per round, against sigbroker's
+same way as the sigbroker receiver), {celery_per_round:,} tasks per round, against sigbroker's
 send-to-receiver latency in alternating rounds.
 
 **7. Codec alone.** `Codec.pack` (the fast encoder that `send` uses) + `Codec.decode`
@@ -89,7 +90,7 @@ of the payload, against `msgpack.packb` + `unpackb` and `json.dumps` + `loads` o
 raw dict. sigbroker does strictly more: the envelope (id, send time, origin, names),
 typed values (the raw sides leave datetime and Decimal as strings), limits and checks.
 
-**8. Threads.** 8 threads released together, each sending 1,000 messages through one
+**8. Threads.** 8 threads released together, each sending {per_thread:,} messages through one
 shared `Client` (`client.send`), against 8 threads publishing through one shared
 `redis.Redis` (one `ConnectionPool`); total messages per second from release until
 the last thread ends. The single-thread rows time the same two clients one call at a
@@ -97,9 +98,18 @@ time.
 """
 
 
-def write_readme(path: Path, header: dict[str, str], table: str, score: tuple[int, int]) -> None:
-    """Write the README: intro, latest results (header and table), then the method."""
+def write_readme(
+    path: Path,
+    header: dict[str, str],
+    table: str,
+    score: tuple[int, int],
+    plan: Mapping[str, int],
+) -> None:
+    """Write the README: intro, latest results (header and table), then the method.
+
+    ``plan`` holds the sizes of the run (calls, rounds, messages), which the method quotes.
+    """
     lines = [INTRO, "## Latest results", ""]
     lines += [f"- **{key}**: {value}" for key, value in header.items()]
-    lines += ["", table, "", f"Targets met: {score[0]} of {score[1]}.", "", METHOD]
+    lines += ["", table, "", f"Targets met: {score[0]} of {score[1]}.", "", METHOD.format(**plan)]
     path.write_text("\n".join(lines))

@@ -1,0 +1,24 @@
+"""The benchmark harness's own bookkeeping (the figures are measured by ``make bench``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from benchmarks.readme import write_readme
+from benchmarks.suite import QUICK, Plan
+
+
+@pytest.mark.parametrize("plan", [Plan(), QUICK], ids=["full", "quick"])
+def test_the_method_quotes_the_sizes_of_the_run(tmp_path: Path, plan: Plan) -> None:
+    path = tmp_path / "README.md"
+    write_readme(path, {"machine": "test box"}, "| table |", (3, 4), asdict(plan))
+    text = path.read_text()
+    assert "- **machine**: test box" in text
+    assert "Targets met: 3 of 4." in text
+    assert f"{plan.send_calls:,} calls per round, {plan.rounds} rounds" in text
+    assert f"{plan.latency_per_round:,} messages per round" in text
+    assert f"{plan.celery_per_round:,} tasks per round" in text
+    assert f"each sending {plan.per_thread:,} messages" in text
+    assert "{" not in text.split("## Method", 1)[1]
