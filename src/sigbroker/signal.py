@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from . import config
 from .errors import ConfigurationError, PayloadError
@@ -107,9 +107,6 @@ def _describe(receiver: Receiver) -> str:
     return qualname if isinstance(qualname, str) else repr(receiver)
 
 
-_WeakRef: Final = weakref.ReferenceType
-
-
 def _resolve(slot: ReceiverSlot) -> Receiver | None:
     if isinstance(slot, weakref.ReferenceType):
         live: Receiver | None = slot()
@@ -120,11 +117,10 @@ def _resolve(slot: ReceiverSlot) -> Receiver | None:
 def _split_live(
     targets: Iterable[tuple[ReceiverSlot, bool]],
 ) -> tuple[list[Receiver], list[Receiver]]:
-    # The worker's per-message path: _resolve() inlined.
     sync_receivers: list[Receiver] = []
     async_receivers: list[Receiver] = []
     for slot, is_async in targets:
-        live = slot() if isinstance(slot, _WeakRef) else slot
+        live = _resolve(slot)
         if live is not None:
             (async_receivers if is_async else sync_receivers).append(live)
     return sync_receivers, async_receivers
