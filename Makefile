@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test demo bench profile clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,15 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/sigbroker demo
 
-$(VENV)/.bench-installed: $(STAMP)
+$(VENV)/.bench-installed: $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,hiredis,bench]'
 	touch $(VENV)/.bench-installed
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/run.py
+
+profile: $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks.profile
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

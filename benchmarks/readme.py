@@ -16,7 +16,9 @@ warm-up round of each is thrown away), prints the table below and rewrites this 
 and `benchmarks/results.json` (every round's raw number; not committed). It takes
 under 3 minutes on a 2-core machine; `--quick` checks the harness in under a minute
 with rough numbers, `--no-celery` skips figure 6. `make bench` installs the `bench`
-extra (Celery); without Celery figure 6 says so and the rest runs.
+extra (Celery); without Celery figure 6 says so and the rest runs. `make profile`
+samples a worker draining a backlog with py-spy and prints where its time goes
+(`benchmarks/profile.py`).
 
 How to read the table: each cell is the **median (min..max)** over the rounds. The
 ratio is always **sigbroker / baseline**, computed per round (the two sides of a round
