@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from benchmarks.profile import summarize
 from benchmarks.readme import write_readme
 from benchmarks.suite import QUICK, Plan
 
@@ -22,3 +23,18 @@ def test_the_method_quotes_the_sizes_of_the_run(tmp_path: Path, plan: Plan) -> N
     assert f"{plan.celery_per_round:,} tasks per round" in text
     assert f"each sending {plan.per_thread:,} messages" in text
     assert "{" not in text.split("## Method", 1)[1]
+
+
+def test_the_profile_summary_counts_own_and_inclusive_samples() -> None:
+    lines = [
+        "main (w.py:1);loop (w.py:5);decode (c.py:9) 6",
+        "main (w.py:1);loop (w.py:5);decode (c.py:10) 2",
+        "main (w.py:1);loop (w.py:6) 2",
+        "a line that is not a stack",
+    ]
+    total, own, inclusive = summarize(lines)
+    assert total == 10
+    assert own[0] == ("decode (c.py:9)", 6)
+    assert sorted(own) == [("decode (c.py:10)", 2), ("decode (c.py:9)", 6), ("loop (w.py:6)", 2)]
+    # main and loop are in every sample: only decode is left, with both of its lines.
+    assert inclusive == [("decode (c.py", 8)]
