@@ -46,7 +46,9 @@ ATTACH_S = 0.5
 def parse(argv: list[str]) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile")
-    parser.add_argument("--seconds", type=int, default=6, help="sampling window (default 6)")
+    parser.add_argument(
+        "--seconds", type=_seconds, default=6, help="sampling window, 1 to 60 (default 6)"
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -54,6 +56,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="where the raw stacks go (default: benchmarks/profile.txt)",
     )
     return parser.parse_args(argv)
+
+
+def _seconds(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds from 1 to 60")
+    return int(text)
 
 
 def py_spy() -> str:
@@ -74,6 +82,8 @@ def sample(pid: int, seconds: int, output: Path, resume: Callable[[], None]) -> 
         time.sleep(ATTACH_S)  # py-spy says nothing when it has attached
         resume()
         _, err = spy.communicate(timeout=seconds + GRACE_S)
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError(f"py-spy did not finish within {seconds + GRACE_S:.0f}s") from None
     finally:
         if spy.poll() is None:
             spy.kill()
@@ -133,6 +143,8 @@ def main(argv: list[str]) -> int:
             worker.stop()
             feeder.close()
     total, own, inclusive = summarize(args.output.read_text().splitlines())
+    if not total:
+        raise BenchmarkError(f"py-spy took no samples of the worker ({args.output} is empty)")
     print(f"{total} samples of the worker over {args.seconds} s: {args.output}")
     print("\nlines by their own samples:")
     for frame, n in own:
