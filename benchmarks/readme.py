@@ -34,69 +34,71 @@ METHOD = """\
 **Payload.** Every message carries 5 keyword arguments: an int, a str, a float, an
 aware datetime and a Decimal, sent by a class (`sender=Order`). The raw side sends the
 same values as a msgpack dict, datetime and Decimal turned into strings
-(`isoformat()`, `str()`), and builds and packs that dict in every call, as
-sigbroker encodes in every call. gc is paused during timed loops on both sides.
+(`isoformat()`, `str()`), and builds and packs that dict in every call, as sigbroker
+encodes in every call. gc is paused during timed loops on both sides.
 
 **1. Send cost.** `Signal.send` through the default client set up by
 `sigbroker.configure()` against `redis.Redis.publish(channel, msgpack.packb(...))`,
-{send_calls:,} calls per round, {rounds} rounds, on channels nobody subscribes to (PUBLISH costs the
-same on the server; the figure is the client's own work and the round trip). Variants:
-signed (`configure(secret=...)`; the raw side stays unsigned), a signal with
-`providing_args` (checked at every send), and the same without hiredis: a separate
-process where `import hiredis` fails (`sys.modules["hiredis"] = None` before redis-py
-loads), for both sides. Each runs in a fresh process. The *CPU time* rows are the
-sending thread's own CPU time (user + system, `time.thread_time()`) per call, without
-the time it sleeps waiting for Redis: on a virtual machine the wake-ups of a round
-trip vary with what else runs (and even shrink when the client does more work between
-round trips), the CPU cost much less, so those rows tell more about the code.
+{send_calls:,} calls per round, {rounds} rounds, on channels nobody subscribes to
+(PUBLISH costs the same on the server; the figure is the client's own work and the
+round trip). Variants: signed (`configure(secret=...)`; the raw side stays unsigned),
+a signal with `providing_args` (checked at every send), and the same without hiredis:
+a separate process where `import hiredis` fails (`sys.modules["hiredis"] = None`
+before redis-py loads), for both sides. Each runs in a fresh process. The *CPU time*
+rows are the sending thread's own CPU time (user + system, `time.thread_time()`) per
+call, without the time it sleeps waiting for Redis: on a virtual machine the wake-ups
+of a round trip vary with what else runs (and even shrink when the client does more
+work between round trips), the CPU cost much less, so those rows tell more about the
+code.
 
 **2. Batch send.** `with client.batch() as b:` with 100 `b.send(...)` against a
-redis-py `pipeline(transaction=False)` of 100 `publish` calls of packed dicts; {batches}
-batches per round; messages per second.
+redis-py `pipeline(transaction=False)` of 100 `publish` calls of packed dicts;
+{batches} batches per round; messages per second.
 
 **3. Worker throughput.** One consumer process, fed faster than it drains: it is
-frozen with SIGSTOP, {drain_messages:,} messages are queued in Redis (the server's pub/sub output
-buffer limit is lifted), and the clock runs from SIGCONT until the receiver reports the
-{drain_messages:,}th message (`time.perf_counter()` is `CLOCK_MONOTONIC` on Linux, the same clock
-in every process). sigbroker: `python -m sigbroker worker -A benchmarks.receivers
---concurrency 1`, whose receiver only counts. Raw: `benchmarks/raw_subscriber.py`, a
-redis-py `PubSub.get_message(timeout=...)` loop that `msgpack.unpackb`s each message
-and calls a handler that only counts. The messages are 1,000 distinct ones, replayed
-by a feeder that writes pipelined PUBLISH commands on a plain socket; the sigbroker
-ones are real messages made by `Client.batch()` and captured from Redis. The
-`--concurrency 4` worker (a thread pool) is shown for context.
+frozen with SIGSTOP, {drain_messages:,} messages are queued in Redis (the server's
+pub/sub output buffer limit is lifted), and the clock runs from SIGCONT until the
+receiver reports the {drain_messages:,}th message (`time.perf_counter()` is
+`CLOCK_MONOTONIC` on Linux, the same clock in every process). sigbroker: `python -m
+sigbroker worker -A benchmarks.receivers --concurrency 1`, whose receiver only counts.
+Raw: `benchmarks/raw_subscriber.py`, a redis-py `PubSub.get_message(timeout=...)` loop
+that `msgpack.unpackb`s each message and calls a handler that only counts. The
+messages are 1,000 distinct ones, replayed by a feeder that writes pipelined PUBLISH
+commands on a plain socket; the sigbroker ones are real messages made by
+`Client.batch()` and captured from Redis. The `--concurrency 4` worker (a thread pool)
+is shown for context.
 
 **4. End-to-end latency.** One message at a time: send, wait for the receiver's
-acknowledgement, send the next; {latency_per_round:,} messages per round, {worker_rounds}
-rounds per side. The latency is from just before the send call (encoding included) until the
-receiver runs in the worker, which takes `time.perf_counter()` first and publishes it
-back (the same report path on both sides; the acknowledgement only paces the sends).
-Each round's percentile is one measurement; `results.json` also has the percentiles
-over all the messages of a side.
+acknowledgement, send the next; {latency_per_round:,} messages per round,
+{worker_rounds} rounds per side. The latency is from just before the send call
+(encoding included) until the receiver runs in the worker, which takes
+`time.perf_counter()` first and publishes it back (the same report path on both sides;
+the acknowledgement only paces the sends). Each round's percentile is one measurement;
+`results.json` also has the percentiles over all the messages of a side.
 
 **5. Worker memory.** `VmRSS` from `/proc/<pid>/status` of the consumer processes of
-figure 3: idle (after startup and subscription), and after {memory_total:,} messages in all (the
-rounds of figure 3 included, the rest fed as fast as the feeder goes), five readings
-each. Growth is after minus the idle median.
+figure 3: idle (after startup and subscription), and after {memory_total:,} messages
+in all (the rounds of figure 3 included, the rest fed as fast as the feeder goes),
+five readings each. Growth is after minus the idle median.
 
 **6. Celery**, for context: Celery with its Redis broker on database 1 of the same
 server, `celery -A benchmarks.celery_app worker --pool solo`, JSON serializer (kombu's
 encodes datetime and Decimal), results ignored. Call cost: `apply_async` of the same
 payload to a queue nobody consumes, against `Signal.send` to a channel nobody
 subscribes to. Latency: `apply_async` until the task body starts (it acknowledges the
-same way as the sigbroker receiver), {celery_per_round:,} tasks per round, against sigbroker's
-send-to-receiver latency in alternating rounds.
+same way as the sigbroker receiver), {celery_per_round:,} tasks per round, against
+sigbroker's send-to-receiver latency in alternating rounds.
 
 **7. Codec alone.** `Codec.pack` (the fast encoder that `send` uses) + `Codec.decode`
 of the payload, against `msgpack.packb` + `unpackb` and `json.dumps` + `loads` of the
 raw dict. sigbroker does strictly more: the envelope (id, send time, origin, names),
 typed values (the raw sides leave datetime and Decimal as strings), limits and checks.
 
-**8. Threads.** 8 threads released together, each sending {per_thread:,} messages through one
-shared `Client` (`client.send`), against 8 threads publishing through one shared
-`redis.Redis` (one `ConnectionPool`); total messages per second from release until
-the last thread ends. The single-thread rows time the same two clients one call at a
-time.
+**8. Threads.** 8 threads released together, each sending {per_thread:,} messages
+through one shared `Client` (`client.send`), against 8 threads publishing through one
+shared `redis.Redis` (one `ConnectionPool`); total messages per second from release
+until the last thread ends. The single-thread rows time the same two clients one call
+at a time.
 """
 
 
