@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 import sigbroker
-from benchmarks.harness import Row, Target, Timing, alternate, timed
+from benchmarks.harness import Row, Target, alternate, cost_rows, timed
 from benchmarks.latency import latency_round, percentile_rows, sigbroker_probe
 from benchmarks.processes import Reports, Subscriber
 from benchmarks.workload import SEND_NAMESPACE, Order, payload, payload_signal
@@ -133,30 +133,9 @@ def celery_rows(
         rounds,
     )
 
-    def walls(timings: list[Timing]) -> list[float]:
-        return [t.wall for t in timings]
-
-    def cpus(timings: list[Timing]) -> list[float]:
-        return [t.cpu for t in timings]
-
-    rows = [
-        Row(
-            FIGURE,
-            "Signal.send call cost",
-            "us",
-            walls(cost["sigbroker"]),
-            walls(cost["celery"]),
-            "Celery apply_async",
-        ),
-        Row(
-            FIGURE,
-            "Signal.send call cost (CPU time)",
-            "us",
-            cpus(cost["sigbroker"]),
-            cpus(cost["celery"]),
-            "Celery apply_async (CPU time)",
-        ),
-    ]
+    rows = cost_rows(
+        FIGURE, "Signal.send call cost", cost["sigbroker"], cost["celery"], "Celery apply_async"
+    )
     rows += percentile_rows(
         FIGURE,
         "send -> receiver start",

@@ -220,6 +220,36 @@ class Row:
         return data
 
 
+def cost_rows(
+    figure: str,
+    label: str,
+    ours: Sequence[Timing],
+    base: Sequence[Timing],
+    base_label: str,
+    targets: Sequence[Target] = (),
+) -> list[Row]:
+    """A cost per call as two rows: by the wall clock (with ``targets``), then in CPU time."""
+    return [
+        Row(
+            figure,
+            label,
+            "us",
+            [t.wall for t in ours],
+            [t.wall for t in base],
+            base_label,
+            list(targets),
+        ),
+        Row(
+            figure,
+            f"{label} (CPU time)",
+            "us",
+            [t.cpu for t in ours],
+            [t.cpu for t in base],
+            f"{base_label} (CPU time)",
+        ),
+    ]
+
+
 def _scale(value: float, unit: Unit) -> tuple[float, str]:
     # The divisor and suffix that show ``value`` readably in ``unit``.
     if unit == "us":

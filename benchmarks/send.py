@@ -14,7 +14,7 @@ from collections.abc import Callable
 import redis
 
 import sigbroker
-from benchmarks.harness import Row, Target, Timing, alternate, seconds_per_call, timed
+from benchmarks.harness import Row, Target, Timing, alternate, cost_rows, seconds_per_call, timed
 from benchmarks.workload import (
     RAW_SEND_CHANNEL,
     SEND_NAMESPACE,
@@ -81,24 +81,7 @@ def send_rows(url: str, *, rounds: int, calls: int, hiredis: bool, full: bool) -
     for label, signal, secret, target in variants:
         ours, base = _send_variant(url, signal, secret, rounds, calls)
         base_label = f"redis-py publish + packb ({parser})"
-        wall = Row(
-            "1. send cost",
-            label,
-            "us",
-            [t.wall for t in ours],
-            [t.wall for t in base],
-            base_label,
-            [target],
-        )
-        cpu = Row(
-            "1. send cost",
-            f"{label} (CPU time)",
-            "us",
-            [t.cpu for t in ours],
-            [t.cpu for t in base],
-            f"{base_label} (CPU time)",
-        )
-        rows += [wall, cpu]
+        rows += cost_rows("1. send cost", label, ours, base, base_label, [target])
     return rows
 
 

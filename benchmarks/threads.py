@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import redis
 
-from benchmarks.harness import Row, Target, alternate, timed
+from benchmarks.harness import Row, Target, alternate, cost_rows, timed
 from benchmarks.workload import (
     RAW_SEND_CHANNEL,
     SEND_NAMESPACE,
@@ -102,21 +102,12 @@ def thread_rows(url: str, *, rounds: int, per_thread: int, calls: int) -> list[R
             f"{THREADS} threads, one redis-py pool",
             [Target("ratio", ">=", 3.0)],
         ),
-        Row(
+        *cost_rows(
             "8. threads",
             "1 thread, same Client.send",
-            "us",
-            [t.wall for t in single["sigbroker"]],
-            [t.wall for t in single["raw"]],
+            single["sigbroker"],
+            single["raw"],
             "1 thread, same redis-py pool",
             [Target("ratio", "<=", 1.10)],
-        ),
-        Row(
-            "8. threads",
-            "1 thread, same Client.send (CPU time)",
-            "us",
-            [t.cpu for t in single["sigbroker"]],
-            [t.cpu for t in single["raw"]],
-            "1 thread, same redis-py pool (CPU time)",
         ),
     ]
