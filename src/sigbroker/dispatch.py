@@ -15,13 +15,17 @@ import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from threading import get_ident
 from typing import Any
 
 from .codec import Codec
 from .errors import InvalidMessage
 from .signal import Signal
 
-__all__ = ["Dispatcher", "EventLoopThread", "Stats"]
+__all__ = ["Dispatcher", "EventLoopThread", "Stats", "Submit"]
+
+#: How a worker runs receivers elsewhere: it is given a function that calls them.
+Submit = Callable[[Callable[[], None]], None]
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +115,25 @@ class Dispatcher:
         self.stats = stats
         self.loop = loop
         self.threads = threads
+        self._running: dict[int, tuple[str, str]] = {}
 
     def handle(self, signal: Signal, data: bytes) -> None:
         """Dispatch one message that arrived on ``signal``'s channel; never raises."""
         self.handler(signal)(data)
 
-    def handler(self, signal: Signal) -> Callable[[bytes], None]:
+    def in_flight(self) -> list[tuple[str, str]]:
+        """``(signal name, message id)`` of each message whose receivers are running now."""
+        return list(self._running.values())
+
+    def handler(self, signal: Signal, submit: Submit | None = None) -> Callable[[bytes], None]:
         """The function that dispatches the messages of ``signal``'s channel.
 
-        It is the worker's per-message path, so everything that does not
-        change between messages is looked up once, here.
+        The returned function decodes and checks each message in the calling
+        thread, in the order they arrive. With ``submit``, the receivers are
+        not called there: ``submit`` is given a function without arguments
+        that calls them (a thread pool's, say). It is the worker's per-message
+        path, so everything that does not change between messages is looked
+        up once, here.
         """
         read = self.codec.read
         name = signal.name
@@ -129,6 +142,7 @@ class Dispatcher:
         lock = stats.lock if self.threads > 1 else None
         reject = self._reject
         run_async = self._run_async
+        running = self._running
 
         def handle(data: bytes) -> None:
             try:
@@ -142,21 +156,32 @@ class Dispatcher:
             if "signal" in kwargs or "sender" in kwargs:
                 reject(name, "arguments named 'signal' or 'sender' are not allowed")
                 return
-            sender, sync_receivers, async_receivers = receivers_for(sender_ref)
-            failed = 0
-            for receiver in sync_receivers:
-                try:
-                    receiver(signal=signal, sender=sender, **kwargs)
-                except Exception:
-                    failed += 1
-                    logger.exception(
-                        "Error calling %s for %s (message %s)",
-                        _qualname(receiver),
-                        name,
-                        message_id,
-                    )
-            if async_receivers:
-                failed += run_async(signal, sender, kwargs, async_receivers, message_id)
+            if submit is None:
+                call(sender_ref, kwargs, message_id)
+            else:
+                submit(lambda: call(sender_ref, kwargs, message_id))
+
+        def call(sender_ref: str | None, kwargs: dict[str, Any], message_id: str) -> None:
+            me = get_ident()
+            running[me] = (name, message_id)
+            try:
+                sender, sync_receivers, async_receivers = receivers_for(sender_ref)
+                failed = 0
+                for receiver in sync_receivers:
+                    try:
+                        receiver(signal=signal, sender=sender, **kwargs)
+                    except Exception:
+                        failed += 1
+                        logger.exception(
+                            "Error calling %s for %s (message %s)",
+                            _qualname(receiver),
+                            name,
+                            message_id,
+                        )
+                if async_receivers:
+                    failed += run_async(signal, sender, kwargs, async_receivers, message_id)
+            finally:
+                del running[me]
             if lock is None:
                 stats.processed += 1
                 stats.failed += failed
