@@ -30,6 +30,7 @@ from sigbroker.codec import (
     Envelope,
     Limits,
     new_envelope,
+    next_sequence,
     origin,
     register_type,
 )
@@ -639,8 +640,12 @@ def test_size_limit_counts_the_signature() -> None:
 
 def test_encode_checks_the_envelope() -> None:
     good = new_envelope("tests.signal", None, {})
-    with pytest.raises(PayloadError, match="format version"):
-        Codec().encode(dataclasses.replace(good, version=2))
+    for version in (1, 3):
+        with pytest.raises(PayloadError, match="format version"):
+            Codec().encode(dataclasses.replace(good, version=version))
+    for seq in (-1, 2**64, 1.0, None):
+        with pytest.raises(PayloadError, match="seq"):
+            Codec().encode(dataclasses.replace(good, seq=seq))  # type: ignore[arg-type]
     with pytest.raises(PayloadError, match="sent_at"):
         Codec().encode(dataclasses.replace(good, sent_at=math.nan))
     with pytest.raises(PayloadError, match="message id"):
@@ -672,7 +677,7 @@ def test_signature_is_hmac_sha256_of_everything_before_it() -> None:
         message = Codec(key).pack("tests.signal", None, KWARGS)
         assert message[-36:-32] == b"\xa1h\xc4\x20"
         assert message[-32:] == hmac.new(key, message[:-36], hashlib.sha256).digest()
-        assert message[0] == 0x88
+        assert message[0] == 0x89
 
 
 def test_key_rotation_new_key_signs_old_key_still_verifies() -> None:
@@ -774,7 +779,7 @@ def test_envelope_is_frozen_and_slotted() -> None:
         envelope.signal = "other"  # type: ignore[misc]
     assert not hasattr(envelope, "__dict__")
     assert "kwargs" in Envelope.__slots__
-    assert envelope.version == FORMAT_VERSION == 1
+    assert envelope.version == FORMAT_VERSION == 2
     assert hash(envelope) == hash(dataclasses.replace(envelope, kwargs={"b": 2}))
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_LIMITS.max_depth = 3  # type: ignore[misc]
@@ -788,8 +793,24 @@ def test_new_envelope_ids_times_and_origin() -> None:
     assert len(ids) == 1000
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert all(before <= envelope.sent_at <= after for envelope in envelopes)
-    assert origin() == f"{socket.gethostname()}:{os.getpid()}"
+    host, pid, token = origin().rsplit(":", 2)
+    assert (host, pid) == (socket.gethostname(), str(os.getpid()))
+    assert len(token) == 8 and int(token, 16) >= 0
     assert envelopes[0].origin == origin()
+    seqs = [envelope.seq for envelope in envelopes]
+    assert seqs == list(range(seqs[0], seqs[0] + 1000))
+
+
+def test_sequences_count_per_channel_and_refused_payloads_take_none() -> None:
+    codec_ = Codec()
+    first = codec_.decode(codec_.pack("tests.seq", None, {}, "ns1:tests.seq")).seq
+    assert codec_.decode(codec_.pack("tests.seq", None, {}, "ns2:tests.seq")).seq == 1
+    with pytest.raises(PayloadError):
+        codec_.pack("tests.seq", None, {"bad": object()}, "ns1:tests.seq")
+    assert Codec("s").decode(Codec("s").pack("tests.seq", None, {}, "ns1:tests.seq")).seq == (
+        first + 1
+    )
+    assert next_sequence("ns1:tests.seq") == first + 2
 
 
 def test_pack_has_the_layout_of_encode() -> None:
@@ -798,7 +819,7 @@ def test_pack_has_the_layout_of_encode() -> None:
     envelope = codec_.decode(message)
     assert codec_.encode(envelope) == message
     assert envelope.origin == origin()
-    assert list(msgpack.unpackb(message)) == ["v", "i", "s", "r", "t", "o", "k", "h"]
+    assert list(msgpack.unpackb(message)) == ["v", "i", "s", "r", "t", "o", "n", "k", "h"]
 
 
 GOLDEN_ENVELOPE = Envelope(
@@ -826,8 +847,10 @@ GOLDEN_ENVELOPE = Envelope(
     id="0123456789abcdef0123456789abcdef",
     sent_at=1714566615.25,
     origin="web-1:4242",
+    seq=5,
 )
-GOLDEN_UNSIGNED = bytes.fromhex(
+# Format version 1, as senders before the sequence number wrote it.
+GOLDEN_V1 = bytes.fromhex(
     "87a17601a169d9203031323334353637383961626364656630313233343536373839616263646566a173b973"
     "686f702e7369676e616c732e6f726465725f706c61636564a172b173686f702e6d6f64656c732e4f72646572"
     "a174cb41d98c8d75d00000a16faa7765622d313a34323432a16bc4dede0011a16e07a3626967c70901ff0000"
@@ -842,12 +865,35 @@ GOLDEN_SIGNED_TAIL = bytes.fromhex(
 )
 
 
+# Version 2 is version 1 with "v" 2 and the sequence number "n" (a uint64) after the origin.
+_AT_K = GOLDEN_V1.index(b"\xa1k\xc4")
+GOLDEN_UNSIGNED = (
+    b"\x88\xa1v\x02"
+    + GOLDEN_V1[4:_AT_K]
+    + b"\xa1n\xcf"
+    + (5).to_bytes(8, "big")
+    + GOLDEN_V1[_AT_K:]
+)
+GOLDEN_SIGNED_TAIL_V1 = GOLDEN_SIGNED_TAIL
+
+
 def test_golden_bytes_fix_the_wire_format() -> None:
     assert Codec().encode(GOLDEN_ENVELOPE) == GOLDEN_UNSIGNED
     assert canonical(Codec().decode(GOLDEN_UNSIGNED).kwargs) == canonical(GOLDEN_ENVELOPE.kwargs)
     signed = Codec(b"golden key").encode(GOLDEN_ENVELOPE)
-    assert signed == b"\x88" + GOLDEN_UNSIGNED[1:] + b"\xa1h\xc4\x20" + GOLDEN_SIGNED_TAIL
+    assert signed[:-32] == b"\x89" + GOLDEN_UNSIGNED[1:] + b"\xa1h\xc4\x20"
+    assert signed[-32:] == hmac.new(b"golden key", signed[:-36], hashlib.sha256).digest()
     assert Codec(b"golden key").decode(signed) == Codec().decode(GOLDEN_UNSIGNED)
+
+
+def test_version_1_messages_are_still_read_as_sequence_0() -> None:
+    old = Codec().decode(GOLDEN_V1)
+    assert (old.version, old.seq) == (1, 0)
+    assert old == dataclasses.replace(GOLDEN_ENVELOPE, kwargs=old.kwargs, seq=0, version=1)
+    assert canonical(old.kwargs) == canonical(GOLDEN_ENVELOPE.kwargs)
+    signed_v1 = b"\x88" + GOLDEN_V1[1:] + b"\xa1h\xc4\x20" + GOLDEN_SIGNED_TAIL_V1
+    assert Codec(b"golden key").decode(signed_v1) == old
+    assert Codec(b"golden key").read(signed_v1)[-1] == 0
 
 
 # -- the decoder refuses what is wrong ------------------------------------------
@@ -863,7 +909,11 @@ def test_golden_bytes_fix_the_wire_format() -> None:
         (b"\x81", "undecodable"),
         (frame(b"\x80")[:-1], "undecodable"),
         (frame(b"\x80") + b"\x00", "ExtraData"),
-        (frame(b"\x80", v=2), "unsupported format version 2"),
+        (frame(b"\x80", v=3), "unsupported format version 3"),
+        (frame(b"\x80", v=2), "missing fields: n"),
+        (frame(b"\x80", n=1), "unknown field 'n'"),
+        (frame(b"\x80", v=2, n=-1), "out of range"),
+        (frame(b"\x80", v=2, n="1"), "field 'n' has the wrong type str"),
         (frame(b"\x80", v=True), "unsupported format version True"),
         (frame(b"\x80", v="1"), "unsupported format version '1'"),
         (frame(b"\x80", v=_DROP), "unsupported format version None"),
@@ -1046,6 +1096,7 @@ def test_a_forked_child_has_its_own_origin_and_ids() -> None:
         child_origin, child_id, child_origin_fn = pipe.read().decode().split()
     os.waitpid(pid, 0)
     parent = Codec().decode(parent_message)
-    assert child_origin == child_origin_fn == f"{socket.gethostname()}:{pid}"
+    assert child_origin == child_origin_fn
+    assert child_origin.startswith(f"{socket.gethostname()}:{pid}:")
     assert parent.origin == origin() != child_origin
     assert child_id[:16] != parent.id[:16]

@@ -6,13 +6,11 @@ thread (``pack_kwargs``), whose default hook (``encode_leaf``) encodes aware
 datetimes and Decimals inline. Receiving: arguments are first unpacked with
 no state (``unpack_arguments``: str or bytes keys only, scalar extension
 values only, decoded by ``decode_scalar``), and the careful path
-(``unpack_carefully``) runs when that fails. Envelopes are built through
-their slots (``_envelope``).
+(``unpack_carefully``) runs when that fails.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import threading
 from collections.abc import Callable
@@ -33,7 +31,7 @@ from sigbroker._codec_limits import DEFAULT_LIMITS
 from sigbroker._codec_pack import Encoder, pack_arguments, pack_kwargs
 from sigbroker._codec_types import DEFAULTS, SCALAR_DECODERS, decode_scalar, encode_leaf
 from sigbroker._codec_unpack import unpack_arguments, unpack_carefully
-from sigbroker.codec import Codec, Envelope, Limits, _envelope, register_type
+from sigbroker.codec import Codec, Envelope, Limits, register_type
 from sigbroker.errors import InvalidMessage, PayloadError
 from tests.test_codec import Point, canonical, frame
 from tests.test_codec_fuzz import arguments, hostile_values
@@ -427,21 +425,6 @@ def test_the_scalar_hook_leaves_other_codes_to_the_careful_path(code: int) -> No
 # -- envelopes --------------------------------------------------------------------
 
 
-def test_decoded_envelopes_are_envelopes_in_every_way() -> None:
-    kwargs = {"a": 1}
-    built = _envelope("paths.signal", "paths.Sender", kwargs, "0" * 32, 1.5, "host:1")
-    expected = Envelope("paths.signal", "paths.Sender", kwargs, "0" * 32, 1.5, "host:1")
-    assert type(built) is Envelope
-    assert built == expected
-    assert hash(built) == hash(expected)
-    assert repr(built) == repr(expected)
-    assert dataclasses.asdict(built) == dataclasses.asdict(expected)  # every field is set
-    assert pickle.loads(pickle.dumps(built)) == expected
-    assert dataclasses.replace(built, signal="other").signal == "other"
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        built.signal = "other"  # type: ignore[misc]
-
-
 def test_the_public_names_belong_to_the_codec_module() -> None:
     for name in codec_module.__all__:
         value = getattr(codec_module, name)
@@ -464,6 +447,7 @@ def test_read_gives_the_fields_of_the_envelope_that_decode_builds() -> None:
             envelope.id,
             envelope.sent_at,
             envelope.origin,
+            envelope.seq,
         )
         assert fields[:3] == ("paths.signal", "paths.Sender", kwargs)
     signed = Codec(b"secret")

@@ -1,9 +1,10 @@
 """The envelope map on the wire: its fields, their types, and the checks on them.
 
-The layout of version 1 is in the docstring of :mod:`sigbroker.codec`, which
-publishes :data:`VERSION` as ``FORMAT_VERSION``. The decoder reads the seven
-fields with one lookup and checks their types inline; only a map that fails
-is examined again, to say what is wrong with it.
+The layout is in the docstring of :mod:`sigbroker.codec`, which publishes
+:data:`VERSION` as ``FORMAT_VERSION``. The decoder reads the current
+version's fields with one lookup and checks their types inline; a map of the
+previous version (a sender not yet upgraded) takes a second lookup, and only
+a map that fails both is examined again, to say what is wrong with it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from typing import Any, Final
 from ._codec_limits import short
 from .errors import InvalidMessage
 
-#: The version of the wire format whose fields this module reads.
-VERSION: Final = 1
+#: The version of the wire format that the encoder writes.
+VERSION: Final = 2
+#: The previous version, still read so that a rolling upgrade loses nothing.
+PREVIOUS_VERSION: Final = 1
+#: The largest sequence number: an unsigned 64-bit integer.
+MAX_SEQUENCE: Final = 2**64 - 1
 
 _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "v": (int,),
@@ -25,21 +30,32 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "r": (str, type(None)),
     "t": (float, int),
     "o": (str,),
+    "n": (int,),
     "k": (bytes,),
     "h": (bytes,),
 }
-_REQUIRED: Final = frozenset(_FIELD_TYPES) - {"h"}
-_FIELDS: Final = operator.itemgetter("v", "i", "s", "r", "t", "o", "k")
+_REQUIRED: Final = {
+    VERSION: frozenset(_FIELD_TYPES) - {"h"},
+    PREVIOUS_VERSION: frozenset(_FIELD_TYPES) - {"h", "n"},
+}
+_FIELDS: Final = operator.itemgetter("v", "i", "s", "r", "t", "o", "n", "k")
+_FIELDS_V1: Final = operator.itemgetter("v", "i", "s", "r", "t", "o", "k")
 #: The header of a bin of each size that fits in a bin8, made once.
 BIN8: Final = [b"\xc4" + bytes([size]) for size in range(0x100)]
 
+#: What :func:`read_fields` returns: id, signal, sender, sent_at, origin, sequence, arguments.
+RawFields = tuple[str, str, str | None, float, str, int, bytes]
 
-def read_fields(fields: Any) -> tuple[str, str, str | None, float, str, bytes]:
-    """Check the envelope map; return id, signal, sender, sent_at, origin, arguments."""
+
+def read_fields(fields: Any) -> RawFields:
+    """Check the envelope map; return id, signal, sender, sent_at, origin, sequence, arguments.
+
+    A message of the previous version has no sequence number: it reads as 0.
+    """
     try:
-        version, message_id, signal, sender, sent_at, origin_, body = _FIELDS(fields)
+        version, message_id, signal, sender, sent_at, origin_, seq, body = _FIELDS(fields)
     except (KeyError, TypeError):
-        raise field_error(fields) from None
+        return _read_previous(fields)
     if (
         version == VERSION
         and type(version) is int
@@ -51,14 +67,45 @@ def read_fields(fields: Any) -> tuple[str, str, str | None, float, str, bytes]:
         and (type(sent_at) is float or type(sent_at) is int)
         and math.isfinite(sent_at)
         and type(origin_) is str
+        and type(seq) is int
+        and 0 <= seq <= MAX_SEQUENCE
         and type(body) is bytes
+        and _signature_ok(fields, 8)
     ):
-        if len(fields) == 7:
-            return message_id, signal, sender, float(sent_at), origin_, body
-        signature = fields.get("h")
-        if len(fields) == 8 and type(signature) is bytes and len(signature) == 32:
-            return message_id, signal, sender, float(sent_at), origin_, body
+        return message_id, signal, sender, float(sent_at), origin_, seq, body
     raise field_error(fields)
+
+
+def _read_previous(fields: Any) -> RawFields:
+    try:
+        version, message_id, signal, sender, sent_at, origin_, body = _FIELDS_V1(fields)
+    except (KeyError, TypeError):
+        raise field_error(fields) from None
+    if (
+        version == PREVIOUS_VERSION
+        and type(version) is int
+        and type(message_id) is str
+        and message_id
+        and type(signal) is str
+        and signal
+        and (sender is None or type(sender) is str)
+        and (type(sent_at) is float or type(sent_at) is int)
+        and math.isfinite(sent_at)
+        and type(origin_) is str
+        and type(body) is bytes
+        and _signature_ok(fields, 7)
+    ):
+        return message_id, signal, sender, float(sent_at), origin_, 0, body
+    raise field_error(fields)
+
+
+def _signature_ok(fields: dict[str, Any], unsigned_size: int) -> bool:
+    # Either exactly the version's fields, or those and a 32-byte signature.
+    size = len(fields)
+    if size == unsigned_size:
+        return True
+    signature = fields.get("h")
+    return size == unsigned_size + 1 and type(signature) is bytes and len(signature) == 32
 
 
 def field_error(fields: Any) -> InvalidMessage:
@@ -66,19 +113,21 @@ def field_error(fields: Any) -> InvalidMessage:
     if type(fields) is not dict:
         return InvalidMessage("not a sigbroker message: expected a map")
     version = fields.get("v")
-    if type(version) is not int or version != VERSION:
+    if type(version) is not int or version not in _REQUIRED:
         return InvalidMessage(f"unsupported format version {short(version)}")
-    missing = _REQUIRED - fields.keys()
+    missing = _REQUIRED[version] - fields.keys()
     if missing:
         return InvalidMessage(f"missing fields: {', '.join(sorted(missing))}")
     for key, value in fields.items():
         types = _FIELD_TYPES.get(key)
-        if types is None:
+        if types is None or (key not in _REQUIRED[version] and key != "h"):
             return InvalidMessage(f"unknown field {short(key)}")
         if type(value) not in types:
             return InvalidMessage(f"field {key!r} has the wrong type {type(value).__qualname__}")
     if "h" in fields and len(fields["h"]) != 32:
         return InvalidMessage("the signature is not 32 bytes")
+    if "n" in fields and not 0 <= fields["n"] <= MAX_SEQUENCE:
+        return InvalidMessage("the sequence number is out of range")
     return InvalidMessage("empty id or signal name, or a send time that is not finite")
 
 

@@ -152,13 +152,18 @@ class Client:
         return channel
 
     def encode(self, signal: SignalRef, sender: object, kwargs: Mapping[str, Any]) -> bytes:
-        """Check and encode one message; raises PayloadError and publishes nothing."""
+        """Check and encode one message; raises PayloadError and publishes nothing.
+
+        Its sequence number counts on the signal's channel, as the workers
+        that subscribe to that channel see them.
+        """
         if type(signal) is str:
-            return self.codec.pack(signal, sender_reference(sender), kwargs)
+            return self.codec.pack(signal, sender_reference(sender), kwargs, self.channel(signal))
         assert isinstance(signal, Signal)
         if signal.providing_args is not None:
             signal.validate(kwargs)
-        return self.codec.pack(signal.name, sender_reference(sender), kwargs)
+        name = signal.name
+        return self.codec.pack(name, sender_reference(sender), kwargs, self.channel(name))
 
     def _command(self, signal: SignalRef) -> bytes:
         # The PUBLISH command up to the message, framed once per signal.

@@ -1,25 +1,34 @@
 """The envelope of a signal on the wire and its msgpack encoding.
 
 A :class:`Codec` turns an :class:`Envelope` (signal name, sender reference,
-keyword arguments, id, send time, origin) into one msgpack message and back.
+keyword arguments, id, send time, origin, sequence number) into one msgpack
+message and back.
 It signs messages with HMAC-SHA256 when given a secret, refuses at the sender
 what a receiver could not decode (:class:`~sigbroker.errors.PayloadError`),
 and rejects anything wrong that arrives from the wire with
 :class:`~sigbroker.errors.InvalidMessage`, in bounded time and memory. It
 knows nothing about Redis or sockets.
 
-Wire format, version 1
+Wire format, version 2
 ----------------------
 A message is one msgpack map (``fixmap``) with one-letter string keys::
 
-    "v"  int        format version, 1
+    "v"  int        format version, 2
     "i"  str        message id (this encoder: 32 lowercase hex digits)
     "s"  str        signal name, not empty
     "r"  str | nil  sender reference
     "t"  float64    send time, seconds since the Unix epoch (a decoder also takes an int)
-    "o"  str        origin, "host:pid"
+    "o"  str        origin: the sending process, "host:pid:token" (token: 8 random hex
+                    digits, so that a pid reused after a restart is another origin)
+    "n"  uint64     sequence number: 1, 2, 3... per origin and channel (this encoder
+                    writes a uint64, 0xcf); 0 means the sender keeps no sequence
     "k"  bin        the keyword arguments: a msgpack map with str keys, packed on its own
     "h"  bin (32)   HMAC-SHA256 of the message, present when the sender has a secret
+
+Version 1 is the same map without ``"n"`` (and with ``"v"`` 1); decoders
+still read it, as sequence 0, so that workers can be upgraded before senders.
+The sequence lets a worker count exactly the messages of an origin that it
+never received (see :mod:`sigbroker.dispatch`).
 
 The encoder writes the entries in this order. The signature is the last entry,
 written as the 36 bytes ``a1 68 c4 20`` + digest, and signs every byte before
@@ -98,7 +107,7 @@ import math
 import os
 import socket
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from time import time as _now
 from typing import Any, Final
@@ -108,6 +117,7 @@ import msgpack
 # Public names are imported as themselves; the parts this module uses, under
 # private names, so that it exports nothing more than it did as one file.
 from ._codec_fields import BIN8 as _BIN8
+from ._codec_fields import MAX_SEQUENCE as _MAX_SEQUENCE
 from ._codec_fields import VERSION as _VERSION
 from ._codec_fields import bin_header as _bin_header
 from ._codec_fields import read_fields as _read_fields
@@ -134,6 +144,7 @@ __all__ = [
     "decode",
     "encode",
     "new_envelope",
+    "next_sequence",
     "origin",
     "register_type",
 ]
@@ -142,7 +153,7 @@ __all__ = [
 # before the split (for help(), documentation and pickles).
 Limits.__module__ = register_type.__module__ = __name__
 
-#: The version of the wire format that this module writes, and the only one it reads.
+#: The version of the wire format that this module writes; it reads this one and the one before.
 FORMAT_VERSION: Final = _VERSION
 
 #: Signal name and sender pairs whose packed bytes a codec keeps.
@@ -154,6 +165,10 @@ _F64: Final = struct.Struct(">d")
 _U64: Final = struct.Struct(">Q")
 _hexlify: Final = binascii.b2a_hex
 _unpackb: Final = msgpack.unpackb
+#: The end of every message's fixed part: the sequence number's key and uint64 marker.
+_SEQ_TAG: Final = b"\xa1n\xcf"
+#: The arguments' key and bin8 header for each size that fits in a bin8.
+_ARGS_BIN8: Final = [b"\xa1k" + header for header in _BIN8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +177,10 @@ class Envelope:
 
     ``sender`` is already a reference string (the signal module makes it), and
     ``kwargs`` are the keyword arguments of the send. ``id`` is unique per
-    message, ``sent_at`` is ``time.time()`` at the sender and ``origin`` its
-    ``"host:pid"``.
+    message, ``sent_at`` is ``time.time()`` at the sender, ``origin`` names
+    the sending process (``"host:pid:token"``) and ``seq`` numbers the
+    messages of that origin on one channel from 1 (0: no sequence, as in
+    messages of format version 1).
     """
 
     signal: str
@@ -172,45 +189,13 @@ class Envelope:
     id: str
     sent_at: float
     origin: str
+    seq: int = 0
     version: int = FORMAT_VERSION
 
 
-def _envelope_maker() -> Callable[[str, str | None, dict[str, Any], str, float, str], Envelope]:
-    # The generated __init__ of a frozen dataclass sets each field through
-    # object.__setattr__; calling the slots' own descriptors builds the same
-    # object in half the time, on the decoder's per-message path.
-    slot = {name: Envelope.__dict__[name].__set__ for name in Envelope.__slots__}
-    set_signal, set_sender, set_kwargs = slot["signal"], slot["sender"], slot["kwargs"]
-    set_id, set_sent_at, set_origin = slot["id"], slot["sent_at"], slot["origin"]
-    set_version = slot["version"]
-    new = object.__new__
-
-    def make(
-        signal: str,
-        sender: str | None,
-        kwargs: dict[str, Any],
-        message_id: str,
-        sent_at: float,
-        origin_: str,
-    ) -> Envelope:
-        envelope: Envelope = new(Envelope)
-        set_signal(envelope, signal)
-        set_sender(envelope, sender)
-        set_kwargs(envelope, kwargs)
-        set_id(envelope, message_id)
-        set_sent_at(envelope, sent_at)
-        set_origin(envelope, origin_)
-        set_version(envelope, FORMAT_VERSION)
-        return envelope
-
-    return make
-
-
-_envelope: Final = _envelope_maker()
-
 #: An envelope's fields as :meth:`Codec.read` returns them:
-#: ``(signal, sender, kwargs, id, sent_at, origin)``.
-Fields = tuple[str, str | None, dict[str, Any], str, float, str]
+#: ``(signal, sender, kwargs, id, sent_at, origin, seq)``.
+Fields = tuple[str, str | None, dict[str, Any], str, float, str, int]
 
 
 # -- the process: origin and message ids --------------------------------------
@@ -221,17 +206,21 @@ _ORIGIN = ""
 _ID_PREFIX = ""
 _ID_HEAD = b""
 _ORIGIN_ENTRY = b""
+# One counter per channel (or signal name), shared by every codec of the process.
+_SEQUENCES: dict[str, Iterator[int]] = {}
 
 
 def _init_process() -> None:
     # Runs at import and in every forked child, so that ids and origins never
-    # repeat across processes and pack() needs no getpid() per message.
+    # repeat across processes and pack() needs no getpid() per message. A
+    # child is a new origin, so its sequences start again from 1.
     global _PID, _ORIGIN, _ID_PREFIX, _ID_HEAD, _ORIGIN_ENTRY
     _PID = os.getpid()
-    _ORIGIN = f"{socket.gethostname()}:{_PID}"
     _ID_PREFIX = os.urandom(8).hex()
+    _ORIGIN = f"{socket.gethostname()}:{_PID}:{_ID_PREFIX[:8]}"
     _ID_HEAD = b"\xa1i\xd9\x20" + _ID_PREFIX.encode()
-    _ORIGIN_ENTRY = b"\xa1o" + msgpack.packb(_ORIGIN) + b"\xa1k"
+    _ORIGIN_ENTRY = b"\xa1o" + msgpack.packb(_ORIGIN) + _SEQ_TAG
+    _SEQUENCES.clear()
 
 
 _init_process()
@@ -240,7 +229,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def origin() -> str:
-    """Return this process's ``"hostname:pid"``, computed once per process."""
+    """Return this process's ``"hostname:pid:token"``, computed once per process."""
     if os.getpid() != _PID:  # forked by something that skipped the at-fork hooks
         _init_process()
     return _ORIGIN
@@ -252,9 +241,26 @@ def _new_id() -> str:
     return f"{_ID_PREFIX}{next(_COUNTER):016x}"
 
 
-def new_envelope(signal: str, sender: str | None, kwargs: Mapping[str, Any]) -> Envelope:
-    """Return an envelope for a send happening now, with a fresh id."""
-    return Envelope(signal, sender, dict(kwargs), _new_id(), _now(), origin())
+def next_sequence(channel: str) -> int:
+    """The next sequence number of this process on ``channel``: 1, 2, 3...
+
+    Thread-safe (``next()`` on an ``itertools.count`` is atomic under the GIL).
+    """
+    counter = _SEQUENCES.get(channel)
+    if counter is None:
+        counter = _SEQUENCES.setdefault(channel, itertools.count(1))
+    return next(counter)
+
+
+def new_envelope(
+    signal: str, sender: str | None, kwargs: Mapping[str, Any], *, channel: str | None = None
+) -> Envelope:
+    """Return an envelope for a send happening now, with a fresh id and sequence number.
+
+    The sequence counts per ``channel`` (the signal name when None).
+    """
+    seq = next_sequence(signal if channel is None else channel)
+    return Envelope(signal, sender, dict(kwargs), _new_id(), _now(), origin(), seq)
 
 
 # -- the codec ----------------------------------------------------------------
@@ -279,7 +285,7 @@ class Codec:
             raise ConfigurationError(f"limits must be a Limits, not {type(limits).__qualname__}")
         self.limits = limits
         self._signers = tuple(_HmacSha256(key) for key in _secret_keys(secrets))
-        self._head = (b"\x88" if self._signers else b"\x87") + b"\xa1v" + bytes([FORMAT_VERSION])
+        self._head = (b"\x89" if self._signers else b"\x88") + b"\xa1v" + bytes([FORMAT_VERSION])
         self._max_bytes = limits.max_message_bytes
         self._max_name_bytes = limits.max_name_bytes
         self._names: dict[tuple[str, str | None], bytes] = {}
@@ -294,19 +300,29 @@ class Codec:
 
     # -- sending --------------------------------------------------------------
 
-    def pack(self, signal: str, sender: str | None, kwargs: Mapping[str, Any]) -> bytes:
+    def pack(
+        self,
+        signal: str,
+        sender: str | None,
+        kwargs: Mapping[str, Any],
+        channel: str | None = None,
+    ) -> bytes:
         """Encode a send happening now: the fast path of :meth:`encode`.
 
-        Makes the id, send time and origin itself and returns the same layout
-        as ``encode(new_envelope(signal, sender, kwargs))``. Raises
-        :class:`PayloadError`, naming the argument, for anything that can not
-        be sent.
+        Makes the id, send time, origin and sequence number (counted per
+        ``channel``, else per signal name) itself and returns the same layout
+        as ``encode(new_envelope(signal, sender, kwargs, channel=channel))``.
+        Raises :class:`PayloadError`, naming the argument, for anything that
+        can not be sent; a refused payload takes no sequence number.
         """
         body = _pack_kwargs(kwargs, self.limits)
         try:
             names = self._names[signal, sender]
         except (KeyError, TypeError):  # TypeError: an unhashable sender, refused below
             names = self._name_entries(signal, sender)
+        counter = _SEQUENCES.get(channel or signal)
+        if counter is None:
+            counter = _SEQUENCES.setdefault(channel or signal, itertools.count(1))
         size = len(body)
         message = b"".join(
             (
@@ -316,7 +332,8 @@ class Codec:
                 names,
                 _F64.pack(_now()),
                 _ORIGIN_ENTRY,
-                _BIN8[size] if size < 0x100 else _bin_header(size),
+                _U64.pack(next(counter)),
+                _ARGS_BIN8[size] if size < 0x100 else b"\xa1k" + _bin_header(size),
                 body,
             )
         )
@@ -333,8 +350,11 @@ class Codec:
         sent_at = envelope.sent_at
         if type(sent_at) not in (float, int) or not math.isfinite(sent_at):
             raise PayloadError(f"sent_at must be a finite float, not {_short(sent_at)}")
+        seq = envelope.seq
+        if type(seq) is not int or not 0 <= seq <= _MAX_SEQUENCE:
+            raise PayloadError(f"seq must be an int from 0 to 2**64-1, not {_short(seq)}")
         id_entry = b"\xa1i" + self._name_bytes(envelope.id, "the message id", empty=False)
-        origin_entry = b"\xa1o" + self._name_bytes(envelope.origin, "the origin") + b"\xa1k"
+        origin_entry = b"\xa1o" + self._name_bytes(envelope.origin, "the origin") + _SEQ_TAG
         body = _pack_arguments(envelope.kwargs, self.limits)
         names = self._name_entries(envelope.signal, envelope.sender)
         message = b"".join(
@@ -344,6 +364,8 @@ class Codec:
                 names,
                 _F64.pack(sent_at),
                 origin_entry,
+                _U64.pack(seq),
+                b"\xa1k",
                 _bin_header(len(body)),
                 body,
             )
@@ -390,14 +412,18 @@ class Codec:
 
     def decode(self, data: bytes) -> Envelope:
         """Decode and check one message; raise :class:`InvalidMessage` and nothing else."""
-        return _envelope(*self.read(data))
+        signal, sender, kwargs, message_id, sent_at, origin_, seq = self.read(data)
+        # Only a message with sequence 0 can be of the previous version: ask its map.
+        version = FORMAT_VERSION if seq else _unpackb(bytes(data), max_ext_len=0)["v"]
+        return Envelope(signal, sender, kwargs, message_id, sent_at, origin_, seq, version)
 
     def read(self, data: bytes) -> Fields:
         """What :meth:`decode` returns, as a plain tuple in the fields' order.
 
-        ``(signal, sender, kwargs, id, sent_at, origin)``, the same checks and
-        the same errors, without building the :class:`Envelope`: the worker's
-        per-message path.
+        ``(signal, sender, kwargs, id, sent_at, origin, seq)``, the same
+        checks and the same errors, without building the :class:`Envelope`:
+        the worker's per-message path. ``seq`` is 0 for a message of format
+        version 1.
         """
         try:
             if type(data) is not bytes:
@@ -420,11 +446,11 @@ class Codec:
                 max_map_len=16,
                 max_ext_len=0,
             )
-            message_id, signal, sender, sent_at, origin_, body = _read_fields(fields)
+            message_id, signal, sender, sent_at, origin_, seq, body = _read_fields(fields)
             if signers and fields.get("h") != data[-32:]:
                 raise InvalidMessage("the signature is not the last field")
             kwargs = _unpack_arguments(body, self.limits)
-            return signal, sender, kwargs, message_id, sent_at, origin_
+            return signal, sender, kwargs, message_id, sent_at, origin_, seq
         except InvalidMessage:
             raise
         except Exception as exc:
@@ -440,13 +466,13 @@ class Codec:
     def _verify(self, data: bytes) -> None:
         end = len(data) - _SIG_BYTES  # where the signed bytes end
         if end <= 0 or not data.startswith(_SIG_TAG, end):
-            raise InvalidMessage("message is not signed, and this codec has a secret")
+            raise InvalidMessage("message is not signed, and this codec has a secret", reason="signature")
         signed = data[:end]  # a copy, yet cheaper than a memoryview of a short message
         signature = data[-32:]
         for signer in self._signers:
             if hmac.compare_digest(signer.digest(signed), signature):
                 return
-        raise InvalidMessage("bad signature")
+        raise InvalidMessage("bad signature", reason="signature")
 
 
 _UNSIGNED: Final = Codec()

@@ -8,6 +8,7 @@ catches anything the library raises on purpose::
      +-- PayloadError            a send refused before anything was published
      +-- InvalidMessage          a message from the wire that the decoder rejected
      +-- BrokerUnavailable       Redis could not be reached within the bound
+          +-- DeliveryUnknown    the command was written, no reply came: maybe delivered
 
 Errors from redis-py never cross the boundary of ``client.py`` and
 ``broker.py``: they are re-raised as :class:`BrokerUnavailable`, chained with
@@ -19,6 +20,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerUnavailable",
     "ConfigurationError",
+    "DeliveryUnknown",
     "InvalidMessage",
     "PayloadError",
     "SigbrokerError",
@@ -48,9 +50,26 @@ class InvalidMessage(SigbrokerError):
 
     Garbage bytes, truncated msgpack, an unknown format version, a bad or
     missing signature, an oversize message or one that breaks the nesting and
-    length limits all raise this, and only this.
+    length limits all raise this, and only this. ``reason`` is the short
+    name a worker counts it under: ``"signature"`` for a missing or bad
+    signature, ``"invalid"`` for everything else.
     """
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class BrokerUnavailable(SigbrokerError, ConnectionError):
     """Redis could not be reached, or stopped answering, within the configured bound."""
+
+
+class DeliveryUnknown(BrokerUnavailable):
+    """A send was written to Redis but no reply came: the message may have been delivered.
+
+    Raised when the connection broke or timed out after some byte of the
+    command had left the client. Redis may have run it, so it is never sent
+    again (a retry could deliver it twice); the caller decides whether to
+    resend. A ``except BrokerUnavailable`` still catches it. Every send of a
+    group-commit pipeline or a batch that was written with it gets it too.
+    """
