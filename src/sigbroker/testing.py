@@ -2,10 +2,11 @@
 
 Eager mode (``configure(eager=True)``) calls receivers exactly like
 ``django.dispatch``. :func:`in_memory` goes one step closer to production:
-every ``Signal.send`` is encoded and decoded by the real codec (so a payload
-that would fail on the wire fails in the test, and receivers get what a
-worker would give them: a sender reference, decoded values), recorded, and
-delivered to the local receivers with the worker's semantics::
+every send is encoded by the real client, "published" to an in-memory
+stand-in for Redis, decoded by the real codec (so a payload that would fail
+on the wire fails in the test, and receivers get what a worker would give
+them: a sender reference, decoded values), recorded, and delivered to the
+local receivers by the worker's own dispatcher::
 
     from sigbroker.testing import in_memory
 
@@ -14,12 +15,18 @@ delivered to the local receivers with the worker's semantics::
             register_user("ada")
         assert [m.signal for m in broker.sent] == ["accounts.signals.user_registered"]
         assert broker.stats.failed == 0
+
+``Signal.send``, ``send_robust``, ``asend``, ``asend_robust``, and the
+broker's own ``send``, ``batch()``, ``publish()`` and ``asend`` all work; none
+of them opens a connection.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import config
@@ -27,55 +34,126 @@ from .client import Client, SignalRef
 from .codec import Envelope
 from .config import SecretSetting
 from .dispatch import Dispatcher, EventLoopThread, Stats
+from .errors import ConfigurationError, InvalidMessage
 from .signal import Signal, all_signals
+
+hiredis: Any
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - hiredis is a dependency; a stripped install may lack it
+    hiredis = None
 
 __all__ = ["InMemoryBroker", "in_memory"]
 
 
 class InMemoryBroker(Client):
-    """A client that records every send and hands it to the local receivers.
+    """A client whose Redis is this process: every message is recorded and delivered here.
 
-    ``sent`` lists the decoded envelopes in order. With ``deliver=True`` the
-    receivers of this process run at once, as a worker would run them:
-    failures are logged and counted in ``stats``, not raised. ``send``
-    returns 1 when some receiver could get the message, else 0.
+    Sending is the real :class:`~sigbroker.client.Client`'s (validation,
+    encoding, ``batch()``, ``publish()``); only the connection is replaced by
+    an in-memory publisher. ``sent`` lists the decoded envelopes in order.
+    With ``deliver=True`` each message reaches the receivers of this process
+    at once, through the worker's dispatcher: failures are logged and counted
+    in ``stats``, not raised, and bytes that are not a valid message are
+    rejected and counted there, as a worker would. A send returns 1 when
+    this process has a receiver for the signal (it acts as one worker), else 0.
     """
 
     def __init__(self, *, deliver: bool = True, secret: SecretSetting = None) -> None:
-        # The URL is never connected to: nothing here talks to Redis.
+        # The URL is never connected to: every message goes to _MemoryPublisher.
         super().__init__("redis://in-memory.invalid:6379/0", secret=secret)
         self.deliver = deliver
         self.sent: list[Envelope] = []
         self.stats = Stats()
         self._loop = EventLoopThread()
         self._dispatcher = Dispatcher(self.codec, self.stats, self._loop)
-
-    def send(self, signal: SignalRef, sender: object = None, **kwargs: Any) -> int:
-        """Encode, decode, record and (optionally) deliver one message."""
-        data = self.encode(signal, sender, kwargs)
-        envelope = self.codec.decode(data)
-        self.sent.append(envelope)
-        target = signal if isinstance(signal, Signal) else _find(envelope.signal)
-        if not self.deliver or target is None or not target.has_remote_receivers():
-            return 0
-        self._dispatcher.handler(target)(data)
-        return 1
+        self._handlers: dict[Signal, Callable[[bytes], None]] = {}
+        self._publisher = _MemoryPublisher(self)  # type: ignore[assignment]
 
     async def asend(self, signal: SignalRef, sender: object = None, **kwargs: Any) -> int:
-        """Same as :meth:`send` (receivers run before it returns)."""
+        """Same as :meth:`send`: the receivers have run when it returns."""
         return self.send(signal, sender, **kwargs)
 
+    def _route(self, channel: str, data: bytes) -> list[Signal]:
+        # Record one published message; return the local signals whose
+        # receivers get it (several signals may share a name).
+        with contextlib.suppress(InvalidMessage):
+            self.sent.append(self.codec.decode(data))
+        if not self.deliver or not channel.startswith(self._prefix):
+            return []
+        name = channel[len(self._prefix) :]
+        return [s for s in all_signals() if s.name_or_none == name and s.has_remote_receivers()]
+
+    def _dispatch(self, signal: Signal, data: bytes) -> None:
+        handler = self._handlers.get(signal)
+        if handler is None:
+            handler = self._handlers[signal] = self._dispatcher.handler(signal)
+        handler(data)
+
     def close(self) -> None:
-        """Stop the loop that runs async receivers."""
+        """Stop the loop that runs async receivers; safe to call twice."""
         self._loop.close()
+        self._handlers.clear()
         super().close()
 
 
-def _find(name: str) -> Signal | None:
-    for signal in all_signals():
-        if signal.name_or_none == name:
-            return signal
-    return None
+class _MemoryPublisher:
+    """Stands in for the client's connection: PUBLISH commands are delivered in process.
+
+    It has the interface of the client's publisher: ``frames`` holds
+    ``count`` PUBLISH commands in Redis's protocol, one after the other.
+    Messages are delivered one at a time, in the order they were published,
+    as one worker takes them. A send returns once its messages are delivered,
+    unless another thread is delivering at that moment: that thread then
+    delivers them too before its own send returns. So a message sent by a
+    receiver (sync or async) runs after that receiver's message is done, as
+    in a worker, never inside it.
+    """
+
+    def __init__(self, broker: InMemoryBroker) -> None:
+        if hiredis is None:
+            raise ConfigurationError("sigbroker.testing needs hiredis: pip install hiredis")
+        self._broker = broker
+        self._pending: collections.deque[tuple[list[Signal], bytes]] = collections.deque()
+        self._lock = threading.Lock()  # guards _pending and the recording in ``sent``
+        self._delivering = threading.Lock()  # held by the one thread delivering
+
+    def publish(self, frames: bytes, count: int = 1, many: bool = False) -> Any:
+        """Deliver ``count`` framed PUBLISH commands; return the count, or the list of counts."""
+        reader = hiredis.Reader()
+        reader.feed(frames)
+        commands = [reader.gets() for _ in range(count)]
+        for command in commands:
+            if not (isinstance(command, list) and len(command) == 3 and command[0] == b"PUBLISH"):
+                raise ValueError(f"not a PUBLISH command: {command!r}")
+        counts = []
+        with self._lock:
+            for _, channel, data in commands:
+                targets = self._broker._route(channel.decode(), data)
+                counts.append(1 if targets else 0)
+                if targets:
+                    self._pending.append((targets, data))
+        self._deliver_pending()
+        return counts if many else counts[0]
+
+    def _deliver_pending(self) -> None:
+        # Never waits for the thread that is delivering: that thread may be
+        # waiting for this one (an async receiver that sends, on the loop's
+        # thread). It looks for pending messages again after letting go.
+        while self._pending and self._delivering.acquire(blocking=False):
+            try:
+                while True:
+                    with self._lock:
+                        if not self._pending:
+                            break
+                        targets, data = self._pending.popleft()
+                    for signal in targets:
+                        self._broker._dispatch(signal, data)
+            finally:
+                self._delivering.release()
+
+    def close(self) -> None:
+        """Nothing to close: there is no connection."""
 
 
 @contextlib.contextmanager
