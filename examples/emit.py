@@ -1,4 +1,4 @@
-"""Send the example signals once: ``python -m examples.emit`` (compose's ``emitter``).
+"""Send the demo's sample signals once: ``python -m examples.emit`` (compose's ``emitter``).
 
 The Redis comes from the environment (``SIGBROKER_URL``, else ``REDIS_URL``,
 else localhost). Pub/sub delivers only to workers subscribed at that moment,
@@ -11,53 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from decimal import Decimal
-from typing import Any
 
 from sigbroker import Client, Signal
-
-from .signals import Order, User, order_placed, order_shipped, payment_refunded, user_registered
-
-
-def samples() -> list[tuple[Signal, object, dict[str, Any]]]:
-    """The example sends as ``(signal, sender, arguments)``, with many argument types."""
-    placed_at = datetime.now(timezone.utc).replace(microsecond=0)
-    return [
-        (
-            user_registered,
-            "accounts",
-            {
-                "user": User(id=42, username="ada", email="ada@example.com"),
-                "request": {"ip": "203.0.113.7", "path": "/accounts/register/"},
-            },
-        ),
-        (
-            order_placed,
-            Order,
-            {
-                "order_id": 1001,
-                "total": Decimal("59.80"),
-                "placed_at": placed_at,
-                "items": [
-                    {"sku": "MUG-01", "qty": 2, "price": Decimal("12.90")},
-                    {"sku": "TEE-M", "qty": 1, "price": Decimal("34.00")},
-                ],
-            },
-        ),
-        (order_shipped, "warehouse", {"order_id": 1001, "carrier": "DHL", "tracking": "JD0146"}),
-        (
-            payment_refunded,
-            "payments",
-            {
-                "payment_id": uuid.UUID("6f1c2a52-3d4e-4b8a-9c1f-2b7d5e8a9f10"),
-                "amount": Decimal("12.90"),
-                "reason": "mug arrived broken",
-            },
-        ),
-    ]
+from sigbroker.demo.emit import samples
 
 
 def wait_for_workers(signals: Sequence[Signal], timeout_s: float) -> bool:

@@ -1,4 +1,7 @@
-"""``sigbroker demo`` end to end, and the examples it runs."""
+"""``sigbroker demo`` end to end, the shop it runs, and the examples compose runs.
+
+The demo from a wheel in a fresh venv is tested in ``test_wheel.py``.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +21,10 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from sigbroker import configure, demo
+from sigbroker import configure
 from sigbroker.cli import cli
-from sigbroker.demo import find_examples_root, summarize_latency
+from sigbroker.demo import runner, summarize_latency
 from sigbroker.devserver import free_port
-from sigbroker.errors import ConfigurationError
 from tests.helpers import ROOT, WorkerProcess, wait_for
 
 #: What the worker's receivers print for the example sends: the values came back typed.
@@ -38,19 +40,19 @@ TYPED_VALUES = [
     "[worker] order_shipped by warehouse: DHL tracking JD0146 mailed for order #1001",
     "[worker]     payment_id = UUID('6f1c2a52-3d4e-4b8a-9c1f-2b7d5e8a9f10')",
     # Sent by `sigbroker send` in a second process:
-    "Sent examples.signals.order_shipped to 1 worker",
+    "Sent sigbroker.demo.signals.order_shipped to 1 worker",
     "[worker] order_shipped by warehouse: UPS tracking 1Z999AA1 mailed for order #1002",
 ]
 LATENCY = re.compile(r"p50 \d+\.\d\d ms +p90 \d+\.\d\d ms +p99 \d+\.\d\d ms +max \d+\.\d\d ms")
 
 
-def run_demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``sigbroker`` console script (as ``make demo`` does) from the repository root."""
+def run_demo(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run the ``sigbroker`` console script (as ``make demo`` does), by default in the checkout."""
     script = shutil.which("sigbroker", path=str(Path(sys.executable).parent))
     command = [script] if script else [sys.executable, "-m", "sigbroker"]
     return subprocess.run(
         [*command, *args, "demo"],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -70,8 +72,10 @@ def assert_gone(out: str, port: int | None) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
-def test_demo_starts_its_own_redis_and_stops_everything() -> None:
-    result = run_demo(dict(os.environ))  # conftest removed SIGBROKER_URL and REDIS_URL
+def test_demo_starts_its_own_redis_and_stops_everything(tmp_path: Path) -> None:
+    # Outside the checkout: the demo needs nothing but the installed package.
+    # (conftest removed SIGBROKER_URL and REDIS_URL from the environment.)
+    result = run_demo(dict(os.environ), cwd=tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -153,8 +157,8 @@ def test_demo_uses_the_configured_redis(
     channels = wait_for(signal_channels, 10, "the demo's messages")
     assert len(channels) == 205
     assert {c.partition(":")[0] for c in channels} == {namespace}
-    assert channels.count(f"{namespace}:examples.signals.order_shipped") == 2
-    assert channels.count(f"{namespace}:examples.signals.latency_probe") == 200
+    assert channels.count(f"{namespace}:sigbroker.demo.signals.order_shipped") == 2
+    assert channels.count(f"{namespace}:sigbroker.demo.signals.latency_probe") == 200
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -194,11 +198,11 @@ def test_interrupted_demo_stops_everything_it_started(signum: int) -> None:
 def test_a_failing_worker_is_reported_with_its_last_words(
     monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
-    monkeypatch.setattr(demo, "WORKER_MODULE", "examples.no_such_module")
-    worker = demo._WorkerProcess(ROOT, {**os.environ, "SIGBROKER_URL": redis_url})
+    monkeypatch.setattr(runner, "WORKER_MODULE", "sigbroker.demo.no_such_module")
+    worker = runner._WorkerProcess({**os.environ, "SIGBROKER_URL": redis_url})
     try:
         worker.start()
-        with pytest.raises(demo.DemoError, match="exited with code 1: cannot import 'examples"):
+        with pytest.raises(runner.DemoError, match="exited with code 1: cannot import 'sigbroker"):
             worker.read_until(lambda line: False, "output")
     finally:
         worker.stop()
@@ -213,10 +217,17 @@ def test_demo_with_unreachable_redis_is_a_one_line_error() -> None:
     assert "Traceback" not in result.output and len(result.output.splitlines()) == 1
 
 
-def test_examples_root_is_found_or_explained(tmp_path: Path) -> None:
-    assert find_examples_root([tmp_path, ROOT]) == ROOT
-    with pytest.raises(ConfigurationError, match="from the repository root"):
-        find_examples_root([tmp_path])
+def test_demo_without_any_redis_says_how_to_get_one_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runner, "redis_server_path", lambda: None)
+    monkeypatch.setitem(sys.modules, "fakeredis", None)  # find_spec() then says it is absent
+    result = CliRunner().invoke(cli, ["demo"])
+
+    assert result.exit_code == 1
+    assert result.output == f"Error: {runner.NO_REDIS}\n"
+    for way in ("apt-get install redis-server", "pip install fakeredis", "--url"):
+        assert way in runner.NO_REDIS
 
 
 def test_latency_summary_uses_nearest_rank_percentiles() -> None:
@@ -228,13 +239,13 @@ def test_latency_summary_uses_nearest_rank_percentiles() -> None:
     assert summarize_latency([]) == "no samples"
 
 
-# -- the examples themselves ----------------------------------------------------
+# -- the demo's shop, and the examples that compose runs -------------------------
 
 
-def test_example_receivers_run_in_eager_mode(capsys: pytest.CaptureFixture[str]) -> None:
-    import examples.receivers as receivers
-    from examples.emit import samples
-    from examples.signals import order_placed
+def test_demo_receivers_run_in_eager_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    import sigbroker.demo.receivers as receivers
+    from sigbroker.demo.emit import samples
+    from sigbroker.demo.signals import order_placed
 
     configure(eager=True)
     called: dict[str, list[Any]] = {}
@@ -242,8 +253,8 @@ def test_example_receivers_run_in_eager_mode(capsys: pytest.CaptureFixture[str])
         called[sig.name] = [r for r, _ in sig.send(sender=sender, **kwargs)]
     out = capsys.readouterr().out
 
-    assert called["examples.signals.order_placed"] == [receivers.reserve_stock]
-    assert called["examples.signals.payment_refunded"] == [receivers.notify_accounting]
+    assert called["sigbroker.demo.signals.order_placed"] == [receivers.reserve_stock]
+    assert called["sigbroker.demo.signals.payment_refunded"] == [receivers.notify_accounting]
     assert "order_placed by Order: reserving stock for order #1001" in out
     assert "    amount = Decimal('12.90')" in out
     # reserve_stock is connected with sender=Order: another sender does not reach it.
@@ -268,7 +279,7 @@ def test_emitter_waits_for_a_worker_and_sends_every_example(
 
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("user_registered", "order_placed", "order_shipped", "payment_refunded"):
-        assert f"Sent examples.signals.{name} to 1 worker\n" in result.stdout
+        assert f"Sent sigbroker.demo.signals.{name} to 1 worker\n" in result.stdout
     wait_for(lambda: "payment_refunded: accounting notified" in worker.output(), 10, "output")
     assert "total = Decimal('59.80')" in worker.output()
 
@@ -286,4 +297,4 @@ def test_emitter_without_worker_says_so_and_fails(redis_url: str, namespace: str
 
     assert result.returncode == 1
     assert "No worker listened within 0s" in result.stderr
-    assert "Sent examples.signals.user_registered to 0 workers" in result.stdout
+    assert "Sent sigbroker.demo.signals.user_registered to 0 workers" in result.stdout

@@ -1,10 +1,12 @@
 """``sigbroker demo``: the whole thing end to end, in a few seconds.
 
 Uses the configured Redis (``--url``, ``SIGBROKER_URL``, ``REDIS_URL``) or else
-starts one on a free port, runs ``sigbroker worker -A examples.receivers`` in a
-subprocess, sends the example signals from this process and one from another
-process, shows what the worker's receivers printed, measures latency, and stops
-everything it started, on errors and Ctrl-C too.
+starts one on a free port (``redis-server`` from ``PATH``, else fakeredis),
+runs ``sigbroker worker -A sigbroker.demo.receivers`` in a subprocess, sends
+the sample signals from this process and one from another process, shows what
+the worker's receivers printed, measures latency, and stops everything it
+started, on errors and Ctrl-C too. Everything it runs ships in the package: it
+works from a wheel, in any directory.
 
 Latency is the time from the call to ``send()`` here to the receiver running in
 the worker: each probe carries ``time.time()`` taken just before ``send()`` and
@@ -17,7 +19,7 @@ apart, so this is latency without a queue; throughput is ``benchmarks/``'s job.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import math
 import os
 import queue
@@ -29,19 +31,24 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-from .client import Client, mask_url
-from .devserver import DevServer
-from .errors import BrokerUnavailable, ConfigurationError, SigbrokerError
-from .signal import Signal
+from ..client import Client, mask_url
+from ..devserver import DevServer, redis_server_path
+from ..errors import BrokerUnavailable, SigbrokerError
+from ..signal import Signal
 
-__all__ = ["DemoError", "find_examples_root", "run_demo", "summarize_latency"]
+__all__ = ["DemoError", "run_demo", "summarize_latency"]
 
 #: The module whose receivers the demo's worker runs.
-WORKER_MODULE = "examples.receivers"
+WORKER_MODULE = "sigbroker.demo.receivers"
+#: What the demo says when it has no Redis to start (one line: the CLI prints it as is).
+NO_REDIS = (
+    "the demo needs a Redis: install redis-server (apt-get install redis-server, "
+    "brew install redis) or fakeredis (pip install fakeredis), "
+    "or pass --url redis://HOST:PORT/0"
+)
 #: Latency probes sent, one at a time.
 LATENCY_MESSAGES = 200
 #: Pause between two latency probes, so each one meets an idle worker.
@@ -62,36 +69,6 @@ class DemoError(SigbrokerError):
     """A step of the demo failed; the message says which and why."""
 
 
-def find_examples_root(candidates: Iterable[Path] | None = None) -> Path:
-    """Return the directory holding the ``examples`` package: the current one, else the checkout.
-
-    The checkout is where this file lives in an editable install; a wheel has no examples.
-    """
-    if candidates is None:
-        candidates = (Path.cwd(), Path(__file__).resolve().parents[2])
-    for root in candidates:
-        if all((root / "examples" / f).is_file() for f in ("__init__.py", "receivers.py")):
-            return root
-    raise ConfigurationError(
-        "the demo needs the examples/ package of a sigbroker checkout: "
-        "run `sigbroker demo` (or `make demo`) from the repository root"
-    )
-
-
-def _import_examples(root: Path) -> tuple[ModuleType, ModuleType]:
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        signals = importlib.import_module("examples.signals")
-        emit = importlib.import_module("examples.emit")
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import the examples from {root}: {exc}") from exc
-    found = Path(signals.__file__ or "").resolve().parent.parent
-    if found != root.resolve():
-        raise ConfigurationError(f"'examples' is imported from {found}, not from {root}")
-    return signals, emit
-
-
 def summarize_latency(samples_ms: Sequence[float]) -> str:
     """``p50 .. p90 .. p99 .. max ..`` of the samples (nearest-rank percentiles)."""
     if not samples_ms:
@@ -108,9 +85,9 @@ def summarize_latency(samples_ms: Sequence[float]) -> str:
 class _WorkerProcess:
     """``sigbroker worker`` in a subprocess; a thread reads its output line by line."""
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
         self.args = ["sigbroker", "worker", "-A", WORKER_MODULE, "--loglevel", "WARNING"]
-        self.root, self.env = root, env
+        self.env = env
         self.proc: subprocess.Popen[str] | None = None
         self.last_line = ""
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -122,7 +99,6 @@ class _WorkerProcess:
         # stops the worker warmly instead of both racing to shut down.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *self.args, "--shutdown-timeout", "5"],
-            cwd=self.root,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -212,6 +188,8 @@ def _choose_redis(url: str | None, stack: contextlib.ExitStack) -> tuple[str, st
     for variable in ("SIGBROKER_URL", "REDIS_URL"):
         if os.environ.get(variable):
             return os.environ[variable], f"from ${variable}"
+    if redis_server_path() is None and importlib.util.find_spec("fakeredis") is None:
+        raise DemoError(NO_REDIS)
     server = DevServer(port=0)
     stack.callback(server.close)
     server.start()
@@ -251,7 +229,7 @@ def _headline(name: str) -> Callable[[str], bool]:
     return lambda line: line.startswith(name)
 
 
-def _send_examples(echo: Echo, client: Client, worker: _WorkerProcess, emit: ModuleType) -> None:
+def _send_samples(echo: Echo, client: Client, worker: _WorkerProcess, emit: ModuleType) -> None:
     echo(f"Sending from this process (pid {os.getpid()}):")
     for signal, sender, kwargs in emit.samples():
         short = signal.name.rpartition(".")[2]
@@ -264,9 +242,9 @@ def _send_examples(echo: Echo, client: Client, worker: _WorkerProcess, emit: Mod
 
 
 def _send_from_another_process(
-    echo: Echo, root: Path, env: dict[str, str], worker: _WorkerProcess
+    echo: Echo, env: dict[str, str], worker: _WorkerProcess, signals: ModuleType
 ) -> None:
-    args = ["sigbroker", "send", "examples.signals.order_shipped", "--sender", "warehouse"]
+    args = ["sigbroker", "send", signals.order_shipped.name, "--sender", "warehouse"]
     args += ["-a", "order_id=1002", "-a", "carrier=UPS", "-a", "tracking=1Z999AA1"]
     echo("")
     echo("Sending from another process:")
@@ -274,7 +252,6 @@ def _send_from_another_process(
     try:
         done = subprocess.run(
             [sys.executable, "-m", *args],
-            cwd=root,
             env=env,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -314,12 +291,12 @@ def _measure_latency(
 def run_demo(url: str | None, echo: Echo) -> int:
     """Run the demo end to end, printing through ``echo``; return the exit code (0).
 
-    Raises :class:`ConfigurationError` when the examples are not found and
-    :class:`DemoError` (or :class:`BrokerUnavailable`) when a step fails;
-    whatever happens, the worker and any Redis started here are stopped.
+    Raises :class:`DemoError` (or :class:`BrokerUnavailable`) when a step
+    fails, with a one-line message; whatever happens, the worker and any Redis
+    started here are stopped.
     """
-    root = find_examples_root()
-    signals, emit = _import_examples(root)
+    from . import emit, signals  # the demo's signals exist only once it runs
+
     namespace = f"demo-{uuid.uuid4().hex[:8]}"
     origin = ""
     try:
@@ -330,8 +307,7 @@ def run_demo(url: str | None, echo: Echo) -> int:
             echo(f"Redis{_version(client)} at {mask_url(url)} ({origin})")
             env = {**os.environ, "SIGBROKER_URL": url, "SIGBROKER_NAMESPACE": namespace}
             env.pop("SIGBROKER_EAGER", None)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-            worker = _WorkerProcess(root, env)
+            worker = _WorkerProcess(env)
             stack.callback(worker.stop)
             started = time.monotonic()
             pid = worker.start()
@@ -345,8 +321,8 @@ def run_demo(url: str | None, echo: Echo) -> int:
                 f"namespace {namespace}"
             )
             echo("")
-            _send_examples(echo, client, worker, emit)
-            _send_from_another_process(echo, root, env, worker)
+            _send_samples(echo, client, worker, emit)
+            _send_from_another_process(echo, env, worker, signals)
             echo("")
             _measure_latency(echo, client, worker, signals)
             code = worker.stop()

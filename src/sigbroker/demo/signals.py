@@ -1,8 +1,8 @@
-"""The signals of a small shop, shared by every service that sends or receives them.
+"""The signals of the demo's small shop, shared by every service that sends or receives them.
 
 Declare them once, import them everywhere: the signal's name on the wire is
-``"<module>.<variable>"`` (``examples.signals.order_placed``), so the sending
-process and the worker agree on it without any configuration.
+``"<module>.<variable>"`` (``sigbroker.demo.signals.order_placed``), so the
+sending process and the worker agree on it without any configuration.
 """
 
 from __future__ import annotations
