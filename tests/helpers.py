@@ -38,7 +38,11 @@ def subscribers(url: str, channel: str) -> int:
 
 
 class WorkerProcess:
-    """``sigbroker worker`` in a subprocess, recording what its receivers get."""
+    """``sigbroker worker`` in a subprocess, recording what its receivers get.
+
+    ``entry`` is what follows the interpreter on the command line, before the
+    CLI's own arguments: ``-m sigbroker`` unless a test runs the CLI another way.
+    """
 
     def __init__(
         self,
@@ -50,12 +54,12 @@ class WorkerProcess:
         extra: Sequence[str] = (),
         global_extra: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        entry: Sequence[str] = ("-m", "sigbroker"),
     ) -> None:
         self.url, self.namespace, self.out = url, namespace, out
         args = [
             sys.executable,
-            "-m",
-            "sigbroker",
+            *entry,
             "--url",
             url,
             "--namespace",

@@ -59,8 +59,20 @@ READ_SIZE = 65536
 BACKOFF_BASE_S = 0.1
 #: Longest delay between reconnect attempts.
 BACKOFF_MAX_S = 5.0
-#: Default time that receivers in flight get to finish on a warm stop.
+#: Default time a warm stop gets to run everything received, from the stop request.
 SHUTDOWN_TIMEOUT_S = 30.0
+#: Longest Redis may stay silent while a stopping worker waits for it to confirm UNSUBSCRIBE.
+UNSUBSCRIBE_TIMEOUT_S = 5.0
+#: How often the thread in ``Worker.run`` checks for a stop request and its deadline.
+SUPERVISE_TICK_S = 0.1
+#: Time ``Worker.stop`` waits beyond the shutdown timeout for an abandoned stop to finish.
+STOP_GRACE_S = 10.0
+#: Messages a pool may hold per thread before the reader waits (a slow receiver slows reading).
+POOL_BACKLOG_PER_THREAD = 4
+#: Most buffered messages counted (not run) when a stop is abandoned; the log says "at least".
+ABANDON_COUNT_LIMIT = 100_000
+#: Longest an abandoning stop waits for the reader to leave the buffers it counts.
+ABANDON_LOCK_S = 1.0
 
 #: Channels below the namespace whose names start with this are the worker's own.
 INTERNAL_PREFIX = "__"
@@ -150,6 +162,12 @@ class Subscription:
         self.stats = stats if stats is not None else Stats()
         self.subscribed = threading.Event()
         self._stopping = False
+        self._draining = False
+        # Held by the drain while it takes a reply from the buffers, and by
+        # abandon() while it counts what is left in them.
+        self._buffers_lock = threading.Lock()
+        self._count_buffered: Callable[[], int] | None = None
+        self._taken_not_dispatched = 0
         self._probe_token: bytes | None = None
         self._probe_sent_at = 0.0
         self._stalled = False
@@ -160,8 +178,48 @@ class Subscription:
     # -- control from other threads ------------------------------------------
 
     def stop(self) -> None:
-        """Stop reading; ``run`` returns after the message in hand is dispatched."""
+        """Stop reading at once; ``run`` returns after the message in hand is dispatched.
+
+        Whatever is buffered is dropped: :meth:`drain` is the warm stop.
+        """
+        self._draining = False
         self._stopping = True
+
+    def drain(self) -> None:
+        """Stop warmly: unsubscribe, dispatch what arrives until Redis confirms, return.
+
+        Every message that Redis sent before it processed the UNSUBSCRIBE was
+        already on its way to this subscriber (in Redis's output buffer, the
+        socket, the parser's buffer): ``run`` dispatches them all, then
+        returns. It only sets flags, so it is safe in a signal handler; after
+        :meth:`stop` or :meth:`abandon` it does nothing.
+        """
+        if not self._stopping:
+            self._draining = True
+            self._stopping = True
+
+    def abandon(self) -> int:
+        """Stop at once and return how many received messages will not be dispatched.
+
+        Counts the replies the parser holds and what the socket holds now (at
+        most :data:`ABANDON_COUNT_LIMIT`), without dispatching them. Meant for
+        another thread while the reading one is stuck in a receiver: when that
+        receiver returns, the reading thread dispatches nothing more.
+        """
+        self.stop()  # first: a draining reader leaves the buffers at its next reply
+        locked = self._buffers_lock.acquire(timeout=ABANDON_LOCK_S)
+        try:
+            count = self._count_buffered
+            if count is None:
+                return self._taken_not_dispatched
+            try:
+                return self._taken_not_dispatched + count()
+            except Exception as exc:  # a best-effort count on the way out: never fail it
+                logger.debug("Could not count the buffered messages: %r", exc)
+                return self._taken_not_dispatched
+        finally:
+            if locked:
+                self._buffers_lock.release()
 
     def send_probe(self) -> None:
         """Publish a probe that must come back through this subscription in time."""
@@ -209,6 +267,13 @@ class Subscription:
             except (redis.RedisError, OSError, StalledSubscription) as exc:
                 self.subscribed.clear()
                 if self._stopping:
+                    if self._draining:
+                        logger.warning(
+                            "Subscription to %s lost while stopping (%s): "
+                            "messages still on their way to this worker are lost",
+                            mask_url(self.client.url),
+                            exc or type(exc).__name__,
+                        )
                     break
                 attempt += 1
                 delay = compute_backoff(attempt)
@@ -260,6 +325,7 @@ class Subscription:
         buf = bytearray(READ_SIZE)
         recv_into, feed, gets = sock.recv_into, reader.feed, reader.gets
         routes, control = self.routes, self._control
+        self._count_buffered = lambda: _count_buffered_hiredis(sock, reader)
         while not self._stopping:
             try:
                 n = recv_into(buf)
@@ -276,12 +342,26 @@ class Subscription:
                 else:
                     control(reply)
                 if self._stopping:
-                    return
+                    break
                 reply = gets()
+        if self._draining:
+
+            def next_reply() -> Any:
+                reply = gets()
+                while reply is False:
+                    n = recv_into(buf)  # TimeoutError: Redis sent nothing for a tick
+                    if not n:
+                        raise redis.ConnectionError("Redis closed the connection")
+                    feed(buf, 0, n)
+                    reply = gets()
+                return reply
+
+            self._drain(conn, next_reply)
 
     def _read_resp(self, conn: Any) -> None:
         # Portable path without hiredis: redis-py's own parser, one reply at a time.
         routes, control = self.routes, self._control
+        self._count_buffered = lambda: _count_buffered_resp(conn)
         while not self._stopping:
             if not conn.can_read(timeout=READ_TICK_S):
                 self._check_alive()
@@ -291,6 +371,69 @@ class Subscription:
                 routes[reply[1]](reply[2])
             else:
                 control(reply)
+        if self._draining:
+
+            def next_reply() -> Any:
+                if not conn.can_read(timeout=READ_TICK_S):
+                    raise TimeoutError
+                return conn.read_response(disconnect_on_error=True)
+
+            self._drain(conn, next_reply)
+
+    def _drain(self, conn: Any, next_reply: Callable[[], Any]) -> None:
+        # The warm stop, outside the tight loop: UNSUBSCRIBE, then dispatch
+        # every message that arrives before Redis confirms it (the last
+        # confirmation says 0 subscriptions left; nothing comes after it).
+        self.subscribed.clear()  # probes stop: they could not come back
+        if self.routes:
+            conn.send_command("UNSUBSCRIBE", check_health=False)
+        if self.patterns:
+            conn.send_command("PUNSUBSCRIBE", check_health=False)
+        logger.debug("Unsubscribing from %s", mask_url(self.client.url))
+        routes, on_pattern = self.routes, self.on_pattern
+        dispatched = 0
+        heard_at = time.monotonic()
+        while (reply := self._drained_reply(next_reply)) is not None:
+            if reply is _NOTHING:
+                if time.monotonic() - heard_at > UNSUBSCRIBE_TIMEOUT_S:
+                    raise redis.TimeoutError(
+                        f"Redis did not confirm UNSUBSCRIBE within {UNSUBSCRIBE_TIMEOUT_S:g}s"
+                    )
+                continue
+            heard_at = time.monotonic()
+            if isinstance(reply, Exception):
+                raise redis.ConnectionError(f"Redis refused to unsubscribe: {reply}")
+            kind = reply[0]
+            if kind == b"message":
+                routes[reply[1]](reply[2])
+                dispatched += 1
+            elif kind == b"pmessage" and on_pattern is not None:
+                on_pattern(reply[2], reply[3])
+                dispatched += 1
+            elif kind in (b"unsubscribe", b"punsubscribe") and reply[2] == 0:
+                logger.info(
+                    "Unsubscribed from %s; dispatched the %d messages that were on their way",
+                    mask_url(self.client.url),
+                    dispatched,
+                )
+                return
+
+    def _drained_reply(self, next_reply: Callable[[], Any]) -> Any:
+        # The next reply of the drain; _NOTHING when Redis sent nothing for a
+        # tick; None once abandon() was called (it counts what is left, under
+        # the same lock, and a reply taken meanwhile).
+        with self._buffers_lock:
+            if not self._draining:
+                return None
+            try:
+                reply = next_reply()
+            except TimeoutError:
+                return _NOTHING
+            if not self._draining:
+                if type(reply) is list and reply[0] in (b"message", b"pmessage"):
+                    self._taken_not_dispatched += 1
+                return None
+            return reply
 
     def _control(self, reply: Any) -> None:
         if isinstance(reply, Exception):
@@ -313,6 +456,44 @@ class Subscription:
             raise redis.ConnectionError(f"unexpected reply on the subscription: {kind!r:.80}")
 
 
+#: What the drain's reply function gives back when Redis sent nothing for a tick.
+_NOTHING: Any = object()
+
+
+def _count_messages(gets: Callable[[], Any], limit: int) -> int:
+    count = 0
+    while count < limit and (reply := gets()) is not False:
+        if type(reply) is list and reply and reply[0] in (b"message", b"pmessage"):
+            count += 1
+    return count
+
+
+def _count_buffered_hiredis(sock: Any, reader: Any) -> int:
+    # The parser's replies, then what the socket holds right now (no waiting).
+    count = _count_messages(reader.gets, ABANDON_COUNT_LIMIT)
+    sock.settimeout(0.0)
+    buf = bytearray(READ_SIZE)
+    while count < ABANDON_COUNT_LIMIT:
+        try:
+            n = sock.recv_into(buf)
+        except OSError:  # BlockingIOError: nothing more in the socket
+            break
+        if not n:
+            break
+        reader.feed(buf, 0, n)
+        count += _count_messages(reader.gets, ABANDON_COUNT_LIMIT - count)
+    return count
+
+
+def _count_buffered_resp(conn: Any) -> int:
+    count = 0
+    while count < ABANDON_COUNT_LIMIT and conn.can_read(timeout=0):
+        reply = conn.read_response(disconnect_on_error=True)
+        if type(reply) is list and reply and reply[0] in (b"message", b"pmessage"):
+            count += 1
+    return count
+
+
 class Worker:
     """Runs the receivers of this process for signals sent by any process.
 
@@ -322,6 +503,17 @@ class Worker:
     finish out of order (even messages of one signal). :meth:`run` blocks;
     :meth:`start` runs the worker in a thread and :meth:`stop` ends it warmly.
     """
+
+    #: True once a stop gave up on messages (past the shutdown timeout, or
+    #: :meth:`stop_now`): they were logged, and receivers may still be running.
+    abandoned = False
+    # Stop requests: plain flags, so that setting them from a signal handler
+    # takes no lock (a lock the interrupted thread may hold, or a gevent
+    # switch inside the hub); the thread in run() polls them.
+    _stop_requested = False
+    _stop_now_requested = False
+    _reader_error: BaseException | None = None
+    _dispatcher: Dispatcher | None = None
 
     def __init__(
         self,
@@ -386,15 +578,24 @@ class Worker:
         return sorted(chosen, key=lambda s: s.name)
 
     def run(self) -> None:
-        """Subscribe and dispatch until :meth:`stop` is called (blocks)."""
+        """Subscribe and dispatch until :meth:`stop` or :meth:`stop_now` (blocks).
+
+        Messages are read on a thread of their own; the calling thread
+        supervises. On :meth:`stop` the reader unsubscribes and dispatches
+        what was already on its way, and everything received runs, within
+        ``shutdown_timeout_s`` of the request. Past that, or on
+        :meth:`stop_now`, ``run`` logs what it abandons (the signal and
+        message id of each receiver in flight, the count of messages received
+        and not run), removes the heartbeat and returns with :attr:`abandoned`
+        set: receivers still running can not be interrupted, so the process
+        should then exit (``sigbroker worker`` does, with ``os._exit``).
+        """
         self.signals = self._collect()
         client = self.client
         dispatcher = Dispatcher(client.codec, self.stats, self._loop, threads=self.concurrency)
-        routes = {client.channel(s): dispatcher.handler(s) for s in self.signals}
-        executor = None
-        if self.concurrency > 1:
-            executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sigbroker-recv")
-            routes = {ch: _pooled(executor, fn, self.concurrency * 4) for ch, fn in routes.items()}
+        pool = _Pool(self.concurrency) if self.concurrency > 1 else None
+        submit = pool.submit if pool is not None else None
+        routes = {client.channel(s): dispatcher.handler(s, submit) for s in self.signals}
         sub = Subscription(
             client,
             routes,
@@ -402,35 +603,109 @@ class Worker:
             use_hiredis=self.use_hiredis,
             stats=self.stats,
         )
-        self._subscription = sub
+        self._dispatcher, self._subscription = dispatcher, sub
         self.started_at = time.time()
         pulse = threading.Thread(target=self._pulse, name="sigbroker-pulse", daemon=True)
+        reader = threading.Thread(target=self._read, args=(sub,), name="sigbroker-reader")
+        reader.daemon = True  # a receiver that never returns must not keep the process
         logger.info(
             "Worker %s subscribing to %d signals on %s",
             self.id,
             len(self.signals),
             mask_url(client.url),
         )
+        logger.debug("Worker %s: starting the pulse and the reader", self.id)
         pulse.start()
+        reader.start()
+        try:
+            self._supervise(reader, sub, pool)
+        except BaseException:  # KeyboardInterrupt without a handler: stop at once
+            if not self.abandoned:
+                self._abandon(sub, pool, "interrupted")
+            raise
+        finally:
+            self._shutdown(pulse, pool)
+        if self._reader_error is not None:
+            raise self._reader_error
+
+    def _read(self, sub: Subscription) -> None:
         try:
             sub.run()
-        finally:
-            self._shutdown(pulse, executor)
+        except BaseException as exc:  # handed to run(), in the caller's thread
+            self._reader_error = exc
 
-    def _shutdown(self, pulse: threading.Thread, executor: ThreadPoolExecutor | None) -> None:
+    def _supervise(self, reader: threading.Thread, sub: Subscription, pool: _Pool | None) -> None:
+        # Wait for the reader to end and the pool to empty, acting on stop
+        # requests; every wait is one tick long.
+        deadline: float | None = None
+        while reader.is_alive() or (pool is not None and not pool.idle()):
+            if self._stop_now_requested:
+                self._abandon(sub, pool, "asked to stop now")
+                return
+            if deadline is None and self._stop_requested:
+                deadline = time.monotonic() + self.shutdown_timeout_s
+                logger.info(
+                    "Worker %s stopping: no new messages; running what it received (at most %gs)",
+                    self.id,
+                    self.shutdown_timeout_s,
+                )
+                sub.drain()
+            elif deadline is not None and time.monotonic() >= deadline:
+                self._abandon(
+                    sub,
+                    pool,
+                    f"still running after the shutdown timeout ({self.shutdown_timeout_s:g}s)",
+                )
+                return
+            if reader.is_alive():
+                reader.join(SUPERVISE_TICK_S)
+            elif pool is not None:
+                pool.wait_idle(SUPERVISE_TICK_S)
+
+    def _abandon(self, sub: Subscription, pool: _Pool | None, why: str) -> None:
+        self.abandoned = True
+        not_run = sub.abandon()
+        if pool is not None:
+            not_run += pool.cancel()
+        dispatcher = self._dispatcher
+        in_flight = dispatcher.in_flight() if dispatcher is not None else []
+        logger.error(
+            "Worker %s abandons its stop (%s): receivers in flight: %s; "
+            "messages received and not run: %s%d",
+            self.id,
+            why,
+            ", ".join(f"{name} (message {mid})" for name, mid in in_flight) or "none",
+            "at least " if not_run >= ABANDON_COUNT_LIMIT else "",
+            not_run,
+        )
+
+    def _shutdown(self, pulse: threading.Thread, pool: _Pool | None) -> None:
+        # The reader has ended (or was abandoned): undo the rest of run() in
+        # reverse: the pulse and its heartbeat, the pool, the dispatcher.
         self._stop.set()
         logger.debug("Worker %s: stopping the pulse", self.id)
         pulse.join(timeout=PULSE_INTERVAL_S + 1)
-        if executor is not None:
-            logger.debug("Worker %s: waiting for receivers in flight", self.id)
-            _drain(executor, self.shutdown_timeout_s)
-        logger.debug("Worker %s: stopping the async loop", self.id)
-        self._loop.close()
         logger.debug("Worker %s: removing the heartbeat", self.id)
         try:
             self.client.call(lambda r: r.delete(self._heartbeat_key))
         except BrokerUnavailable as exc:
             logger.debug("Could not remove the heartbeat: %s", exc)
+        if pool is not None and not self.abandoned:
+            logger.debug("Worker %s: stopping the receivers' threads", self.id)
+            pool.close()
+        if self._dispatcher is not None:
+            # Nothing more will arrive: every gap still open is a loss.
+            logger.debug("Worker %s: counting the messages it never received", self.id)
+            self._dispatcher.settle(everything=True)
+        if self.abandoned:
+            # Threads stuck in receivers (the async loop's too) can not be
+            # joined: leave them to the process's exit.
+            logger.info(
+                "Worker %s stopped, abandoning what was logged: %s", self.id, self.stats.as_dict()
+            )
+            return
+        logger.debug("Worker %s: stopping the async loop", self.id)
+        self._loop.close()
         logger.info("Worker %s stopped: %s", self.id, self.stats.as_dict())
 
     @property
@@ -478,46 +753,101 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Stop warmly: no more reading, receivers in flight finish.
+        """Stop warmly: no new messages; everything received runs, then :meth:`run` returns.
 
-        Safe to call from a signal handler or another thread; returns whether a
-        worker started with :meth:`start` ended within ``timeout``.
+        The subscription ends with UNSUBSCRIBE, and the messages Redis sent
+        before confirming it are dispatched too: a warm stop loses nothing the
+        worker holds. Past ``shutdown_timeout_s`` the stop is abandoned (see
+        :meth:`run`). Safe to call from a signal handler: it only sets a flag.
+        For a worker started with :meth:`start`, waits up to ``timeout``
+        (default: the shutdown timeout and :data:`STOP_GRACE_S`) and returns
+        whether it stopped with nothing abandoned; otherwise returns True.
         """
-        self._stop.set()
-        if self._subscription is not None:
-            self._subscription.stop()
+        self._stop_requested = True
         thread = self._thread
         if thread is None or thread is threading.current_thread():
             return True
-        thread.join(self.shutdown_timeout_s if timeout is None else timeout)
-        return not thread.is_alive()
+        thread.join(self.shutdown_timeout_s + STOP_GRACE_S if timeout is None else timeout)
+        return not thread.is_alive() and not self.abandoned
+
+    def stop_now(self) -> None:
+        """Stop at once: :meth:`run` logs what it abandons, removes the heartbeat, returns.
+
+        Receivers in flight are not interrupted (Python threads can not be):
+        exit the process after :meth:`run` returns. Safe to call from a signal
+        handler: it only sets a flag.
+        """
+        self._stop_now_requested = True
+        self._stop_requested = True
 
 
-def _pooled(executor: ThreadPoolExecutor, handle: Route, in_flight: int) -> Route:
-    # A bounded number of messages in flight, so a slow receiver slows the
-    # reading loop instead of growing an unbounded queue.
-    slots = threading.BoundedSemaphore(in_flight)
+class _Pool:
+    """Threads that call receivers, with a bound on the messages handed to them.
 
-    def run(data: bytes) -> None:
+    The bound makes a slow receiver slow the reader down rather than grow a
+    queue without limit; the counts tell a stop what is still to run.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="sigbroker-recv")
+        self._slots = threading.Semaphore(threads * POOL_BACKLOG_PER_THREAD)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._in_hand = 0  # a message the reader holds while it waits for a slot
+        self._queued = 0  # handed to the executor, not started
+        self._running = 0
+        self._cancelled = False
+
+    def submit(self, call: Callable[[], None]) -> None:
+        """Have a thread run ``call``; wait, a tick at a time, while the pool is full."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._in_hand = 1
+        slots = self._slots
+        while not slots.acquire(timeout=READ_TICK_S):
+            if self._cancelled:
+                return  # counted by cancel() as in hand
+        with self._lock:
+            self._in_hand = 0
+            if self._cancelled:
+                return  # counted by cancel() as in hand
+            self._queued += 1
+            self._executor.submit(self._run, call)
+
+    def _run(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            self._queued -= 1
+            if self._cancelled:
+                return  # counted by cancel() as queued
+            self._running += 1
         try:
-            handle(data)
+            call()
         finally:
-            slots.release()
+            self._slots.release()
+            with self._lock:
+                self._running -= 1
+                self._changed.notify_all()
 
-    def submit(data: bytes) -> None:
-        slots.acquire()
-        executor.submit(run, data)
+    def idle(self) -> bool:
+        """True when nothing is queued, running, or waiting for a slot."""
+        with self._lock:
+            return not (self._in_hand or self._queued or self._running)
 
-    return submit
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the pool to be idle; return whether it is."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: not (self._in_hand or self._queued or self._running), timeout_s
+            )
 
+    def cancel(self) -> int:
+        """Start nothing more; return how many messages were handed over and not started."""
+        with self._lock:
+            self._cancelled = True
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            return self._in_hand + self._queued
 
-def _drain(executor: ThreadPoolExecutor, timeout_s: float) -> None:
-    done = threading.Event()
-
-    def wait() -> None:
-        executor.shutdown(wait=True)
-        done.set()
-
-    threading.Thread(target=wait, daemon=True).start()
-    if not done.wait(timeout_s):
-        logger.warning("Receivers still running after %.1fs; abandoning them", timeout_s)
+    def close(self) -> None:
+        """Let the idle threads go (quick: the worker waited for the pool to empty)."""
+        self._executor.shutdown(wait=True)

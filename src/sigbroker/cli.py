@@ -14,7 +14,6 @@ import logging
 import os
 import signal as os_signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -171,7 +170,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     default=30.0,
     show_default=True,
     type=click.FloatRange(min=0),
-    help="Seconds receivers in flight get to finish on SIGTERM/SIGINT.",
+    help="Seconds a warm stop (SIGTERM/SIGINT) gets to run what was received; then exit 1.",
 )
 @click.option(
     "--loglevel",
@@ -194,29 +193,36 @@ def worker(
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT, stream=sys.stderr)
     import_modules(modules)
     w = Worker(opts.client(), concurrency=concurrency, shutdown_timeout_s=shutdown_timeout)
-    _install_stop_handlers(w.stop, shutdown_timeout)
+    received = _install_stop_handlers(w.stop, w.stop_now)
     w.run()
+    if w.abandoned:
+        # The worker logged what it abandoned and removed its heartbeat; the
+        # threads still in receivers can not be joined, so leave without
+        # waiting for them: 128+signum after a second signal, else 1.
+        sys.stderr.flush()
+        os._exit(128 + received[1] if len(received) > 1 else 1)
 
 
-def _install_stop_handlers(stop: Callable[[], object], shutdown_timeout: float) -> None:
-    # First SIGTERM/SIGINT: warm stop, with a deadline in case a receiver
-    # never returns. Second: leave at once.
+def _install_stop_handlers(stop: Callable[[], object], stop_now: Callable[[], object]) -> list[int]:
+    # First SIGTERM/SIGINT: warm stop (the worker enforces --shutdown-timeout
+    # itself). Second: stop now, logging what is abandoned. A third exits on
+    # the spot, in case even that hangs. The handler only sets flags: no lock,
+    # no thread, no I/O, so it is safe wherever it interrupts, gevent's hub
+    # included. Returns the signals received, in order.
     received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
-        if len(received) > 1:
+        if len(received) == 1:
+            stop()
+        elif len(received) == 2:
+            stop_now()
+        else:
             os._exit(128 + signum)
-        logging.getLogger("sigbroker.cli").info(
-            "Received %s: stopping (again to exit now)", os_signal.Signals(signum).name
-        )
-        timer = threading.Timer(shutdown_timeout + 1.0, os._exit, args=(1,))
-        timer.daemon = True
-        timer.start()
-        stop()
 
     os_signal.signal(os_signal.SIGTERM, handler)
     os_signal.signal(os_signal.SIGINT, handler)
+    return received
 
 
 @cli.command()

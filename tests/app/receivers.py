@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
 from sigbroker import receiver
 
 from .recorder import record
-from .signals import User, async_signal, everything, flaky, many_a, many_b, slow, user_registered
+from .signals import (
+    User,
+    async_signal,
+    backlog,
+    block,
+    everything,
+    flaky,
+    many_a,
+    many_b,
+    slow,
+    user_registered,
+)
 
 
 @receiver(user_registered)
@@ -69,3 +81,15 @@ def on_slow(sender: object, seconds: float, token: str, **kwargs: Any) -> None:
     record("slow_started", sender, token=token)
     time.sleep(seconds)
     record("slow_finished", sender, token=token)
+
+
+@receiver(backlog)
+def on_backlog(sender: object, i: int, seconds: float, **kwargs: Any) -> None:
+    time.sleep(seconds)
+    record("backlog", sender, i=i)
+
+
+@receiver(block)
+def on_block(sender: object, token: str, **kwargs: Any) -> None:
+    record("block_started", sender, token=token)
+    threading.Event().wait()  # never returns: only an abandoned stop gets past it

@@ -16,6 +16,9 @@ async_signal = Signal()
 slow = Signal(providing_args=["seconds", "token"])
 flaky = Signal()
 unheard = Signal()
+# Warm-stop tests: a backlog of short receivers, and a receiver that never returns.
+backlog = Signal(providing_args=["i", "seconds"])
+block = Signal(providing_args=["token"])
 
 
 class User:
