@@ -1100,3 +1100,51 @@ def test_a_forked_child_has_its_own_origin_and_ids() -> None:
     assert child_origin.startswith(f"{socket.gethostname()}:{pid}:")
     assert parent.origin == origin() != child_origin
     assert child_id[:16] != parent.id[:16]
+
+
+# -- the decoder's work per message is bounded -----------------------------------
+
+
+def test_the_default_limits_hold_a_few_thousand_values() -> None:
+    assert DEFAULT_LIMITS.max_values == 4096
+    assert Codec().decode(Codec().pack("tests.signal", None, {"ids": list(range(4094))})).kwargs
+    with pytest.raises(PayloadError, match=r"argument 'ids' .* more than 4096 values"):
+        Codec().pack("tests.signal", None, {"ids": list(range(4095))})
+    with pytest.raises(PayloadError, match="2049 arguments hold more than 4096 values"):
+        Codec().pack("tests.signal", None, {f"a{i}": i for i in range(2049)})
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        b"\xd4\x02\x90",
+        b"\xd4\x03\x90",
+        b"\xd5\x04\x91\x01",
+        b"\xd6\x06\x00\x00\x00\x01",
+        b"\x81\x01\x01",
+    ],
+    ids=["empty-tuple", "empty-set", "frozenset", "date", "int-keyed-map"],
+)
+def test_half_a_megabyte_of_small_values_stops_after_max_values(
+    item: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lists of at most max_values small extension values or maps, 0.5 MB in all:
+    # the decoder stops once it has seen more values than the limit, not after
+    # decoding every one (each costs a Python call).
+    from sigbroker import _codec_unpack
+
+    calls = [0]
+    original = _codec_unpack._Unpacking.ext_hook
+
+    def counting(self: Any, code: int, data: bytes) -> Any:
+        calls[0] += 1
+        return original(self, code, data)
+
+    monkeypatch.setattr(_codec_unpack._Unpacking, "ext_hook", counting)
+    limit = DEFAULT_LIMITS.max_values
+    inner = b"\xdd" + struct.pack(">I", limit) + item * limit
+    count = 500_000 // len(inner) + 1
+    body = b"\x81\xa1a" + b"\xdd" + struct.pack(">I", count) + inner * count
+    with pytest.raises(InvalidMessage, match="more than 4096 values"):
+        Codec().decode(frame(body))
+    assert calls[0] <= limit + 1

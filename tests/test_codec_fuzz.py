@@ -8,6 +8,7 @@ bounded memory. The hostile-input tests run 5 x 2,500 = 12,500 examples.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import tracemalloc
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sigbroker.codec import Codec, Envelope, Limits
-from sigbroker.errors import InvalidMessage
+from sigbroker.errors import InvalidMessage, PayloadError
 from tests.test_codec import Color, Level, Point, canonical, frame
 
 SECRET = b"fuzz secret"
@@ -36,7 +37,7 @@ ROUND_TRIP = settings(max_examples=400, deadline=None, suppress_health_check=[He
 
 def sign(message: bytes) -> bytes:
     """Sign an unsigned message as a sender with SECRET would."""
-    prefix = b"\x88" + message[1:]
+    prefix = bytes([message[0] + 1]) + message[1:]  # one more entry in the fixmap
     return prefix + b"\xa1h\xc4\x20" + hmac.new(SECRET, prefix, hashlib.sha256).digest()
 
 
@@ -99,6 +100,36 @@ def test_arbitrary_values_round_trip(kwargs: dict[str, Any], codec: Codec) -> No
     assert canonical(envelope.kwargs) == canonical(kwargs)
     again = codec.encode(envelope)  # the same envelope, encoded again, decodes the same
     assert canonical(codec.decode(again).kwargs) == canonical(kwargs)
+
+
+def values_in(value: Any) -> int:
+    """The values inside ``value``, counted as ``Limits.max_values`` counts them."""
+    if isinstance(value, dict):
+        return sum(1 + values_in(k) + 1 + values_in(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return sum(1 + values_in(item) for item in value)
+    if isinstance(value, Point):
+        return 2 + values_in([value.x, value.y])  # [name, encoded value]
+    if isinstance(value, enum.Enum):
+        return 2 + values_in(value.value)
+    return 0
+
+
+@ROUND_TRIP
+@given(arguments)
+def test_the_sender_and_the_decoder_count_values_alike(kwargs: dict[str, Any]) -> None:
+    count = values_in(kwargs)
+    message = Codec(limits=DEEP).pack("fuzz.signal", None, kwargs)
+    for limit in (max(count, 16), max(count + 1, 16)):
+        limits = Limits(max_depth=100, max_values=limit)
+        Codec(limits=limits).pack("fuzz.signal", None, kwargs)
+        assert canonical(Codec(limits=limits).decode(message).kwargs) == canonical(kwargs)
+    if count > 16:
+        tight = Limits(max_depth=100, max_values=count - 1)
+        with pytest.raises(PayloadError, match="max_values"):
+            Codec(limits=tight).pack("fuzz.signal", None, kwargs)
+        with pytest.raises(InvalidMessage, match="more than"):
+            Codec(limits=tight).decode(message)
 
 
 # -- hostile input ------------------------------------------------------------

@@ -18,6 +18,8 @@ import msgpack
 
 from .errors import ConfigurationError, InvalidMessage
 
+#: The default of ``Limits.max_values``: the values all arguments of one message hold together.
+MAX_VALUES: Final = 4096
 #: Arguments longer than this are walked by msgpack's ``skip()`` before they are unpacked.
 PRESCAN_MIN_BYTES: Final = 256
 #: Maps and sets above this size have their key hashes checked for flooding.
@@ -39,12 +41,22 @@ class Limits:
     list, tuple, map or set, and ``max_name_bytes`` the signal name, sender
     reference, id and origin. No string or bytes value can be longer than the
     message, so they need no limit of their own.
+
+    ``max_values`` bounds the values of all arguments together, which is
+    what the decoder's time grows with: each argument's name and value, each
+    item of a list, tuple or set, each key and each value of a map, and the
+    name and encoded value of a registered type count one. ``{"ids": [1, 2,
+    3]}`` holds 5 values. The default keeps the worst message a decoder can be
+    sent to a few milliseconds of CPU time (``benchmarks/`` measures it),
+    while a payload of model instances, requests and forms holds a few
+    hundred values.
     """
 
     max_message_bytes: int = 1024 * 1024
     max_depth: int = 32
     max_container_len: int = 100_000
     max_name_bytes: int = 1024
+    max_values: int = MAX_VALUES
 
     def __post_init__(self) -> None:
         # msgpack's C stacks stop at 511 (packer) and 1024 (unpacker) levels, and
@@ -54,6 +66,7 @@ class Limits:
             ("max_depth", 1, 100),
             ("max_container_len", 1, 2**31 - 1),
             ("max_name_bytes", 512, 65_535),
+            ("max_values", 16, 2**31 - 1),
         ):
             value = getattr(self, name)
             if type(value) is not int or not low <= value <= high:

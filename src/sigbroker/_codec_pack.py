@@ -51,12 +51,14 @@ class Encoder:
     called once per value.
     """
 
-    __slots__ = ("cache", "max_depth", "max_len")
+    __slots__ = ("cache", "max_depth", "max_len", "values")
 
     def __init__(self, max_depth: int = 0, max_len: int = 0) -> None:
         self.cache: dict[int, tuple[Any, Any]] = {}
         self.max_depth = max_depth
         self.max_len = max_len
+        #: Values found inside the arguments so far, counted as the decoder counts them.
+        self.values = 0
 
     def default(self, value: Any) -> Any:
         """The packer's hook for every value that it does not pack itself."""
@@ -94,6 +96,7 @@ class Encoder:
         if budget <= 0:
             raise Refused(f"nests deeper than the limit of {self.max_depth} levels")
         if kind == REGISTERED:
+            self.values += 2  # it travels as [name, encoded value]
             return 1 + self.measure(self.encoded(value), budget - 1)
         if len(value) > self.max_len:
             raise Refused(
@@ -101,8 +104,10 @@ class Encoder:
                 f" over the limit of {self.max_len}"
             )
         if kind == MAP:
+            self.values += 2 * len(value)
             keys = self.measure_items(value.keys(), budget - 1)
             return 1 + max(keys, self.measure_items(value.values(), budget - 1))
+        self.values += len(value)
         return 1 + self.measure_items(value, budget - 1)
 
     def measure_items(self, items: Iterable[Any], budget: int) -> int:
@@ -148,7 +153,11 @@ def pack_kwargs(kwargs: Mapping[str, Any], limits: Limits) -> bytes:
     that packer refuses, takes :func:`pack_arguments`, which gives the same
     bytes or refuses the argument by name.
     """
-    if type(kwargs) is dict and len(kwargs) <= limits.max_container_len:
+    if (
+        type(kwargs) is dict
+        and len(kwargs) <= limits.max_container_len
+        and 2 * len(kwargs) <= limits.max_values
+    ):
         leaves = LEAVES
         for name, value in kwargs.items():  # a loop beats issuperset(map(type, ...)) here
             if type(name) is not str or type(value) not in leaves:
@@ -179,22 +188,40 @@ def pack_arguments(kwargs: Mapping[str, Any], limits: Limits) -> bytes:
                 raise PayloadError(f"argument names must be strings, not {short(key)}")
     if len(kwargs) > limits.max_container_len:
         raise PayloadError(f"{len(kwargs)} arguments, over the limit of {limits.max_container_len}")
+    if 2 * len(kwargs) > limits.max_values:
+        raise PayloadError(f"{len(kwargs)} arguments hold {_over_values(limits)}")
     if exact_names and _all_leaves(map(type, kwargs.values())):
         encoder = _PLAIN  # the leaf packer knows every type here, and no name needs a hook
         packer = _leaf_packer()
     else:
-        encoder = Encoder(limits.max_depth, limits.max_container_len)
-        for key, value in kwargs.items():
-            try:
-                encoder.measure(value, limits.max_depth)
-            except Refused as exc:
-                raise PayloadError(f"argument {key!r} {exc}") from exc.__cause__
+        encoder = _measured(kwargs, limits)
         packer = msgpack.Packer(default=encoder.default, strict_types=True)
     try:
         body: bytes = packer.pack(kwargs)
     except Exception as exc:
         raise _diagnose(encoder, kwargs, exc) from exc
     return body
+
+
+def _measured(kwargs: dict[str, Any], limits: Limits) -> Encoder:
+    """An encoder that has walked every argument; PayloadError for the first one refused."""
+    encoder = Encoder(limits.max_depth, limits.max_container_len)
+    encoder.values = 2 * len(kwargs)
+    for key, value in kwargs.items():
+        try:
+            encoder.measure(value, limits.max_depth)
+        except Refused as exc:
+            raise PayloadError(f"argument {key!r} {exc}") from exc.__cause__
+        if encoder.values > limits.max_values:
+            raise PayloadError(f"argument {key!r} brings the arguments to {_over_values(limits)}")
+    return encoder
+
+
+def _over_values(limits: Limits) -> str:
+    return (
+        f"more than {limits.max_values} values, the limit of one message"
+        " (Limits.max_values: every item, key and value counts)"
+    )
 
 
 def _diagnose(encoder: Encoder, kwargs: dict[str, Any], error: Exception) -> PayloadError:

@@ -9,7 +9,14 @@ raise, and the careful path (:func:`unpack_carefully`) starts over: it checks
 the hashes of other keys, bounds how deep tuples, sets and registered values
 nest while they are unpacked, and measures the depth of registered values.
 Either way the bytes are prescanned once, and the depth of every argument is
-checked. Part of :mod:`sigbroker.codec`.
+checked.
+
+The time a decode takes grows with the values unpacked, so their number is
+bounded (``Limits.max_values``). Every value takes at least one byte: a body
+no longer than the limit can not break it and takes the stateless path. A
+longer one takes the careful path, which counts the items of each list and
+map as msgpack builds them, and the extension values as it meets them, and
+stops as soon as the count passes the limit. Part of :mod:`sigbroker.codec`.
 """
 
 from __future__ import annotations
@@ -99,6 +106,8 @@ def unpack_arguments(body: bytes, limits: Limits) -> dict[str, Any]:
     The stateless path first; the careful one when msgpack raises on its way.
     """
     size = len(body)
+    if size > limits.max_values:  # it could hold too many values: count them
+        return unpack_carefully(body, limits)
     if size > PRESCAN_MIN_BYTES:
         prescan(body)
     max_len = limits.max_container_len
@@ -138,16 +147,40 @@ def unpack_carefully(body: bytes, limits: Limits) -> dict[str, Any]:
 
 
 class _Unpacking:
-    """The state of one careful decode: how deep the extension values nest, and
-    the depth of each registered value (``memo``, by id, holding the value)."""
+    """The state of one careful decode: how deep the extension values nest, the
+    depth of each registered value (``memo``, by id, holding the value), and
+    how many values and extension values were unpacked so far."""
 
-    __slots__ = ("level", "max_depth", "max_len", "memo")
+    __slots__ = ("extensions", "level", "max_depth", "max_len", "max_values", "memo", "values")
 
     def __init__(self, limits: Limits) -> None:
         self.level = 0
         self.max_depth = limits.max_depth
-        self.max_len = limits.max_container_len
+        # msgpack builds a whole list or map before its hook can count it: no
+        # single one may hold more items than the message may hold values.
+        self.max_len = min(limits.max_container_len, limits.max_values)
+        self.max_values = limits.max_values
         self.memo: dict[int, tuple[Any, int]] = {}
+        self.values = 0
+        self.extensions = 0
+
+    def count_items(self, items: list[Any]) -> list[Any]:
+        """msgpack's hook for each array: count its items."""
+        self.values += len(items)
+        if self.values > self.max_values:
+            raise self.too_many()
+        return items
+
+    def count_pairs(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        """msgpack's hook for each map: count its keys and values, and build it."""
+        self.values += 2 * len(pairs)
+        if self.values > self.max_values:
+            raise self.too_many()
+        return make_dict(pairs)
+
+    def too_many(self) -> InvalidMessage:
+        """The error for arguments that hold more values than the limit."""
+        return InvalidMessage(f"the arguments hold more than {self.max_values} values")
 
     def arguments(self, body: bytes) -> dict[str, Any]:
         """Unpack prescanned arguments and check them."""
@@ -167,12 +200,17 @@ class _Unpacking:
         """Unpack prescanned bytes, with the hooks that check what they hold."""
         if len(data) <= self.max_len:
             return _unpackb(
-                data, ext_hook=self.ext_hook, object_pairs_hook=make_dict, strict_map_key=False
+                data,
+                ext_hook=self.ext_hook,
+                list_hook=self.count_items,
+                object_pairs_hook=self.count_pairs,
+                strict_map_key=False,
             )
         return _unpackb(
             data,
             ext_hook=self.ext_hook,
-            object_pairs_hook=make_dict,
+            list_hook=self.count_items,
+            object_pairs_hook=self.count_pairs,
             strict_map_key=False,
             max_array_len=self.max_len,
             max_map_len=self.max_len,
@@ -180,6 +218,11 @@ class _Unpacking:
 
     def ext_hook(self, code: int, data: bytes) -> Any:
         """Decode one extension value of any type."""
+        # Each is an item of some list or map too, and counted there once it is
+        # built: this count stops a flood of them before then.
+        self.extensions += 1
+        if self.extensions > self.max_values:
+            raise self.too_many()
         if code in SCALAR_DECODERS:
             return decode_scalar(code, data)
         if code == EXT_TUPLE:
