@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from .client import Client, mask_url
+from .client import Client, mask_url, resp2_connection
 from .dispatch import Dispatcher, EventLoopThread, Stats
 from .errors import BrokerUnavailable, ConfigurationError
 from .signal import Signal, all_signals
@@ -295,13 +295,9 @@ class Subscription:
             time.sleep(min(left, READ_TICK_S))
 
     def _connect(self) -> Any:
-        pool = self.client.pool
         # RESP2 on this connection whatever the pool speaks: messages then come
         # as plain arrays, the shape the tight loop tests for.
-        options = {**pool.connection_kwargs, "protocol": 2}
-        # redis-py leaves Connection's methods untyped; treat it as Any here.
-        conn: Any = pool.connection_class(**options)
-        conn.connect()
+        conn = resp2_connection(self.client.pool)
         self._probe_token, self._stalled = None, False
         self._unconfirmed = len(self.routes) + len(self.patterns)
         if self.routes:

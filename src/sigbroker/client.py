@@ -35,6 +35,12 @@ try:
 except ImportError:  # pragma: no cover - exercised when the extra is not installed
     hiredis = None
 
+MaintNotificationsConfig: Any
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # pragma: no cover - redis-py < 7 has no maintenance notifications
+    MaintNotificationsConfig = None
+
 __all__ = ["Batch", "Client", "mask_url"]
 
 logger = logging.getLogger(__name__)
@@ -88,6 +94,26 @@ def _pool_options(connect_timeout_s: float, socket_timeout_s: float) -> dict[str
         "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 0,
     }
+
+
+def resp2_connection(pool: redis.ConnectionPool) -> Any:
+    """Open a connection with ``pool``'s options (AUTH, TLS, SELECT) that speaks RESP2.
+
+    The publisher and the subscription read their replies off the socket
+    themselves, so the connection must send nothing unasked: RESP2, and no
+    maintenance notifications. redis-py 8 defaults to RESP3 and puts the
+    notification handlers in ``pool.connection_kwargs``; on a RESP2 connection
+    without hiredis they raise "only supported with hiredis and RESP3 parsers".
+    They are switched off explicitly, rather than filtered by name, so that a
+    pool handler among the options is ignored too.
+    """
+    options = {**pool.connection_kwargs, "protocol": 2}
+    if MaintNotificationsConfig is not None:
+        options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+    # redis-py leaves Connection's methods untyped; treat it as Any here.
+    conn: Any = pool.connection_class(**options)
+    conn.connect()
+    return conn
 
 
 class Client:
@@ -464,9 +490,7 @@ class _Publisher:
                 raise
 
     def _connect(self) -> Any:
-        pool = self._client.pool
-        conn = pool.connection_class(**pool.connection_kwargs)
-        conn.connect()  # AUTH, TLS, SELECT: redis-py's own handshake
+        conn = resp2_connection(self._client.pool)  # AUTH, TLS, SELECT: redis-py's handshake
         self._conn = conn
         if hiredis is not None:
             # From here on the replies are read off the socket by our own
