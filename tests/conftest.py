@@ -93,6 +93,7 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "REDIS_URL",
         "SIGBROKER_NAMESPACE",
         "SIGBROKER_SECRET",
+        "SIGBROKER_SECRET_FILE",
         "SIGBROKER_EAGER",
     ):
         monkeypatch.delenv(name, raising=False)

@@ -8,13 +8,16 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from sigbroker import Client
-from sigbroker.cli import cli, parse_arguments
+from sigbroker.cli import cli, output_buffer_warning, parse_arguments
+from sigbroker.devserver import DevServer
 from sigbroker.errors import BrokerUnavailable
 from tests.app.signals import User, user_registered
 from tests.helpers import ROOT, WorkerProcess, wait_for
@@ -131,8 +134,83 @@ def test_worker_with_a_missing_module_fails_in_one_line(runner: CliRunner, redis
 def test_ping(runner: CliRunner, redis_url: str, namespace: str) -> None:
     result = invoke(runner, redis_url, namespace, "ping")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"PONG from {redis_url} (Redis ")
-    assert result.output.rstrip().endswith(" ms")
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"PONG from {redis_url} (Redis ")
+    assert first.endswith(" ms")
+
+
+def test_ping_warns_when_redis_would_cut_a_busy_worker_off(
+    runner: CliRunner, redis_factory: Callable[[], DevServer], namespace: str
+) -> None:
+    server = redis_factory()  # its own: this test changes the server's settings
+    result = invoke(runner, server.url, namespace, "ping")
+    assert result.exit_code == 0, result.output
+    (warning,) = result.output.splitlines()[1:]
+    assert warning.startswith("Warning: Redis cuts off a worker whose unread messages pass 32 MiB")
+    assert "client-output-buffer-limit pubsub 33554432 8388608 60" in warning
+    assert 'CONFIG SET client-output-buffer-limit "pubsub 256mb 64mb 60"' in warning
+    with redis.Redis.from_url(server.url) as r:
+        r.config_set("client-output-buffer-limit", "pubsub 256mb 64mb 60")
+    again = invoke(runner, server.url, namespace, "ping")
+    assert again.exit_code == 0 and len(again.output.splitlines()) == 1, again.output
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60", "32 MiB at once"),
+        ("pubsub 0 8388608 60", "8 MiB for 60s"),
+        ("pubsub 0 0 0", None),
+        ("pubsub 536870912 134217728 60", None),
+        ("", None),
+        ("pubsub x y z", None),
+    ],
+)
+def test_output_buffer_warning(setting: str, expected: str | None) -> None:
+    warning = output_buffer_warning(setting)
+    if expected is None:
+        assert warning is None
+    else:
+        assert warning is not None and expected in warning
+
+
+def test_secret_file_and_the_warning_for_secret_on_the_command_line(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "secret"
+    path.write_text("first-secret\n\n  old-secret  \n")
+    seen: list[Any] = []
+    monkeypatch.setattr("sigbroker.cli.Options.client", lambda self: seen.append(self.secrets))
+    quiet = runner.invoke(cli, ["--secret-file", str(path), "inspect", "-A", "tests.app.signals"])
+    assert quiet.exit_code == 0 and "Warning" not in quiet.output
+    visible = runner.invoke(cli, ["--secret", "a,b", "inspect", "-A", "tests.app.signals"])
+    assert visible.exit_code == 0
+    assert "Warning: --secret is visible to other users" in visible.output
+    both = runner.invoke(cli, ["--secret", "a", "--secret-file", str(path), "ping"])
+    assert both.exit_code == 2 and "not both" in both.output
+    missing = runner.invoke(cli, ["--secret-file", str(tmp_path / "nope"), "ping"])
+    assert missing.exit_code == 1
+    assert missing.output.strip().startswith("Error: cannot read the secret file")
+    assert len(missing.output.strip().splitlines()) == 1
+    from sigbroker.cli import _secrets
+
+    assert _secrets(None, str(path)) == (b"first-secret", b"old-secret")
+
+
+def test_the_worker_reads_its_secret_from_sigbroker_secret_file(
+    start_worker: Callable[..., WorkerProcess], redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "secret"
+    path.write_text("s3cret\n")
+    w = start_worker(env={"SIGBROKER_SECRET_FILE": str(path)})
+    w.wait_subscribed(f"{namespace}:{user_registered.name}")
+    with Client(redis_url, namespace=namespace, secret="s3cret") as client:
+        client.send(user_registered, sender=User, user=1, request=None)
+    with Client(redis_url, namespace=namespace, secret="wrong") as client:
+        client.send(user_registered, sender=User, user=2, request=None)
+    (row,) = w.wait_records(1, receiver="on_user_class")
+    assert row["kwargs"]["user"] == 1
+    assert "s3cret" not in w.output()
 
 
 def test_channels_lists_live_signal_channels(
@@ -163,8 +241,22 @@ def test_workers_lists_the_live_worker(
     assert row["pid"] == worker.proc.pid
     assert user_registered.name in row["signals"]
     assert {"id", "host", "started_at", "last_seen", "processed", "failed"} <= set(row)
+    assert {"rejected", "rejected_by", "lost", "resubscribes"} <= set(row)
     table = invoke(runner, redis_url, namespace, "workers").output.splitlines()
-    assert table[0].split()[:4] == ["ID", "HOST", "PID", "UPTIME"]
+    assert table[0].split() == [
+        "ID",
+        "HOST",
+        "PID",
+        "UPTIME",
+        "SIGNALS",
+        "PROCESSED",
+        "FAILED",
+        "REJECTED",
+        "LOST",
+        "RESUBSCRIBES",
+        "LAST",
+        "SEEN",
+    ]
     assert str(worker.proc.pid) in table[1]
 
 

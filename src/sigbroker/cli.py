@@ -36,15 +36,14 @@ class Options:
 
     url: str | None
     namespace: str | None
-    secret: str | None
+    secrets: tuple[bytes, ...] | None
     debug: bool
 
     def client(self) -> Any:
         """Build the client these options describe."""
         from .client import Client
 
-        secret = [s for s in self.secret.split(",")] if self.secret else None
-        return Client(self.url, namespace=self.namespace, secret=secret)
+        return Client(self.url, namespace=self.namespace, secret=self.secrets)
 
 
 class _Group(click.Group):
@@ -76,16 +75,47 @@ pass_options = click.make_pass_decorator(Options)
 @click.option("--url", help="Redis URL (default: $SIGBROKER_URL, $REDIS_URL, localhost).")
 @click.option("--namespace", help="Channel and key prefix (default: $SIGBROKER_NAMESPACE).")
 @click.option(
-    "--secret", help="HMAC secret; comma-separated to rotate (default: $SIGBROKER_SECRET)."
+    "--secret-file",
+    metavar="PATH",
+    help="File of HMAC secrets, one per line, the first signs (default: $SIGBROKER_SECRET_FILE).",
+)
+@click.option(
+    "--secret",
+    help="HMAC secret; comma-separated to rotate. Visible to other users: prefer --secret-file.",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="sigbroker")
 @click.pass_context
 def cli(
-    ctx: click.Context, url: str | None, namespace: str | None, secret: str | None, debug: bool
+    ctx: click.Context,
+    url: str | None,
+    namespace: str | None,
+    secret_file: str | None,
+    secret: str | None,
+    debug: bool,
 ) -> None:
     """Django-style signals across processes, over Redis."""
-    ctx.obj = Options(url=url, namespace=namespace, secret=secret, debug=debug)
+    ctx.obj = Options(
+        url=url, namespace=namespace, secrets=_secrets(secret, secret_file), debug=debug
+    )
+
+
+def _secrets(secret: str | None, secret_file: str | None) -> tuple[bytes, ...] | None:
+    # None: the environment's (SIGBROKER_SECRET or SIGBROKER_SECRET_FILE).
+    from .config import normalize_secrets, read_secret_file
+
+    if secret is not None and secret_file is not None:
+        raise click.UsageError("give --secret or --secret-file, not both")
+    if secret_file is not None:
+        return read_secret_file(secret_file)
+    if secret is None:
+        return None
+    click.echo(
+        "Warning: --secret is visible to other users of this machine (ps, /proc);"
+        " use --secret-file or SIGBROKER_SECRET_FILE",
+        err=True,
+    )
+    return normalize_secrets([s.strip() for s in secret.split(",")])
 
 
 # -- helpers ------------------------------------------------------------------
@@ -308,11 +338,26 @@ def workers(opts: Options, as_json: bool) -> None:
             len(w.get("signals", [])),
             w.get("processed", 0),
             w.get("failed", 0),
+            w.get("rejected", 0),
+            w.get("lost", "?"),  # a worker of an older version does not count it
+            w.get("resubscribes", 0),
             f"{_duration(now - float(w.get('last_seen', now)))} ago",
         )
         for w in found
     ]
-    headers = ["ID", "HOST", "PID", "UPTIME", "SIGNALS", "PROCESSED", "FAILED", "LAST SEEN"]
+    headers = [
+        "ID",
+        "HOST",
+        "PID",
+        "UPTIME",
+        "SIGNALS",
+        "PROCESSED",
+        "FAILED",
+        "REJECTED",
+        "LOST",
+        "RESUBSCRIBES",
+        "LAST SEEN",
+    ]
     click.echo(table(headers, rows))
 
 
@@ -366,13 +411,64 @@ def inspect(opts: Options, modules: tuple[str, ...], as_json: bool) -> None:
 @cli.command()
 @pass_options
 def ping(opts: Options) -> None:
-    """Check connectivity: server version and round-trip time."""
+    """Check connectivity: server version, round-trip time, settings that lose messages."""
     from .client import mask_url
 
     with opts.client() as client:
         rtt = client.ping()
         version = client.server_info().get("redis_version", "?")
         click.echo(f"PONG from {mask_url(client.url)} (Redis {version}) in {rtt * 1000:.2f} ms")
+        try:
+            found = client.call(lambda r: r.config_get("client-output-buffer-limit"))
+        except SigbrokerError:  # CONFIG is often refused on managed Redis
+            click.echo(
+                "Note: could not read client-output-buffer-limit (CONFIG GET refused); "
+                "check its pubsub class with your provider (see the README)"
+            )
+            return
+        warning = output_buffer_warning(str(found.get("client-output-buffer-limit", "")))
+        if warning:
+            click.echo(f"Warning: {warning}")
+
+
+#: A subscriber's output buffer Redis should allow before it cuts a worker off (hard limit).
+RECOMMENDED_PUBSUB_HARD_BYTES = 256 * 1024 * 1024
+#: The soft limit (kept for the seconds given) that goes with it.
+RECOMMENDED_PUBSUB_SOFT_BYTES = 64 * 1024 * 1024
+
+
+def output_buffer_warning(setting: str) -> str | None:
+    """A warning when ``client-output-buffer-limit``'s pubsub class cuts busy workers off.
+
+    ``setting`` is the value of ``CONFIG GET client-output-buffer-limit``
+    (``"normal 0 0 0 replica ... pubsub 33554432 8388608 60"``). Redis
+    disconnects a subscriber whose unread messages pass the hard limit, or
+    stay above the soft limit for its seconds; what was buffered for it is
+    lost (workers count it as lost).
+    """
+    words = setting.split()
+    try:
+        at = words.index("pubsub")
+        hard, soft, seconds = (int(w) for w in words[at + 1 : at + 4])
+    except ValueError:
+        return None
+    hard_low = 0 < hard < RECOMMENDED_PUBSUB_HARD_BYTES
+    soft_low = 0 < soft < RECOMMENDED_PUBSUB_SOFT_BYTES
+    if not (hard_low or soft_low):
+        return None
+    mib = 1024 * 1024
+    advice = f"{RECOMMENDED_PUBSUB_HARD_BYTES // mib}mb {RECOMMENDED_PUBSUB_SOFT_BYTES // mib}mb 60"
+    limits = []
+    if hard:
+        limits.append(f"{hard // mib} MiB at once")
+    if soft:
+        limits.append(f"{soft // mib} MiB for {seconds}s")
+    return (
+        f"Redis cuts off a worker whose unread messages pass {' or '.join(limits)} "
+        f"(client-output-buffer-limit pubsub {hard} {soft} {seconds}); its buffered messages "
+        "are lost and counted as lost. For busy workers: CONFIG SET client-output-buffer-limit "
+        f'"pubsub {advice}"'
+    )
 
 
 @cli.command()

@@ -7,6 +7,9 @@ the first time it is needed:
 * ``SIGBROKER_NAMESPACE`` (default ``sigbroker``)
 * ``SIGBROKER_SECRET``: one secret, or several separated by commas; the first
   signs, all of them verify (key rotation)
+* ``SIGBROKER_SECRET_FILE``: a file holding the secrets instead, one per line
+  (the first signs); unlike the variable's value, it is not visible to other
+  processes of the machine
 * ``SIGBROKER_EAGER``: ``1``/``true``/``yes``/``on`` runs receivers in-process,
   exactly like ``django.dispatch``
 
@@ -21,6 +24,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .client import Client
@@ -57,14 +62,40 @@ def normalize_secrets(secret: SecretSetting) -> tuple[bytes, ...]:
     return tuple(s for s in out if s)
 
 
+def read_secret_file(path: str | os.PathLike[str]) -> tuple[bytes, ...]:
+    """The secrets in a file, one per line (the first signs); blank lines are skipped.
+
+    Raises :class:`ConfigurationError` naming the file (never its content)
+    when it can not be read or holds no secret.
+    """
+    try:
+        with open(path, "rb") as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the secret file {str(path)!r}: {exc.strerror}"
+        ) from None
+    secrets = tuple(line.strip() for line in lines if line.strip())
+    if not secrets:
+        raise ConfigurationError(f"the secret file {str(path)!r} holds no secret")
+    return secrets
+
+
 def from_environment() -> Settings:
     """Read the settings from the ``SIGBROKER_*`` environment variables."""
     env = os.environ
     raw_secret = env.get("SIGBROKER_SECRET", "")
+    secret_file = env.get("SIGBROKER_SECRET_FILE", "")
+    if raw_secret.strip() and secret_file:
+        raise ConfigurationError("set SIGBROKER_SECRET or SIGBROKER_SECRET_FILE, not both")
+    if secret_file:
+        secrets = read_secret_file(secret_file)
+    else:
+        secrets = normalize_secrets([s.strip() for s in raw_secret.split(",")])
     return Settings(
         url=env.get("SIGBROKER_URL") or env.get("REDIS_URL") or DEFAULT_URL,
         namespace=env.get("SIGBROKER_NAMESPACE") or DEFAULT_NAMESPACE,
-        secrets=normalize_secrets([s.strip() for s in raw_secret.split(",")]),
+        secrets=secrets,
         eager=env.get("SIGBROKER_EAGER", "").strip().lower() in _TRUE,
     )
 
