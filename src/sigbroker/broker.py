@@ -796,20 +796,24 @@ class _Pool:
 
     def submit(self, call: Callable[[], None]) -> None:
         """Have a thread run ``call``; wait, a tick at a time, while the pool is full."""
+        if not self._slots.acquire(blocking=False) and not self._wait_for_slot():
+            return  # cancelled meanwhile: counted by cancel() as in hand
         with self._lock:
             if self._cancelled:
-                return
-            self._in_hand = 1
-        slots = self._slots
-        while not slots.acquire(timeout=READ_TICK_S):
-            if self._cancelled:
-                return  # counted by cancel() as in hand
-        with self._lock:
+                return  # counted by cancel() if it was in hand
             self._in_hand = 0
-            if self._cancelled:
-                return  # counted by cancel() as in hand
             self._queued += 1
             self._executor.submit(self._run, call)
+
+    def _wait_for_slot(self) -> bool:
+        with self._lock:
+            if self._cancelled:
+                return False
+            self._in_hand = 1
+        while not self._slots.acquire(timeout=READ_TICK_S):
+            if self._cancelled:
+                return False
+        return True
 
     def _run(self, call: Callable[[], None]) -> None:
         with self._lock:
@@ -823,7 +827,8 @@ class _Pool:
             self._slots.release()
             with self._lock:
                 self._running -= 1
-                self._changed.notify_all()
+                if not (self._running or self._queued):
+                    self._changed.notify_all()
 
     def idle(self) -> bool:
         """True when nothing is queued, running, or waiting for a slot."""
