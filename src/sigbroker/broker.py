@@ -31,7 +31,7 @@ from typing import Any
 import redis
 
 from .client import Client, mask_url, resp2_connection
-from .dispatch import Dispatcher, EventLoopThread, Stats
+from .dispatch import REPLAY_WINDOW_S, Dispatcher, EventLoopThread, Stats
 from .errors import BrokerUnavailable, ConfigurationError
 from .signal import Signal, all_signals
 
@@ -498,6 +498,8 @@ class Worker:
     ``concurrency=N`` a pool of N threads calls receivers, so messages may
     finish out of order (even messages of one signal). :meth:`run` blocks;
     :meth:`start` runs the worker in a thread and :meth:`stop` ends it warmly.
+    When the client has a secret, a message sent more than ``max_age_s``
+    ago, or one seen before from its origin, is rejected as a replay.
     """
 
     #: True once a stop gave up on messages (past the shutdown timeout, or
@@ -519,13 +521,17 @@ class Worker:
         concurrency: int = 1,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
         use_hiredis: bool | None = None,
+        max_age_s: float = REPLAY_WINDOW_S,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if not max_age_s > 0:
+            raise ConfigurationError("max_age_s must be positive")
         self._client = client
         self._signals = list(signals) if signals is not None else None
         self.concurrency = concurrency
         self.shutdown_timeout_s = shutdown_timeout_s
+        self.max_age_s = max_age_s
         self.use_hiredis = use_hiredis
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = Stats()
@@ -588,7 +594,13 @@ class Worker:
         """
         self.signals = self._collect()
         client = self.client
-        dispatcher = Dispatcher(client.codec, self.stats, self._loop, threads=self.concurrency)
+        dispatcher = Dispatcher(
+            client.codec,
+            self.stats,
+            self._loop,
+            threads=self.concurrency,
+            max_age_s=self.max_age_s,
+        )
         pool = _Pool(self.concurrency) if self.concurrency > 1 else None
         submit = pool.submit if pool is not None else None
         routes = {client.channel(s): dispatcher.handler(s, submit) for s in self.signals}
@@ -735,6 +747,8 @@ class Worker:
                     sub.send_probe()
             except BrokerUnavailable as exc:
                 logger.debug("Probe not sent: %s", exc)
+            if self._dispatcher is not None:
+                self._dispatcher.settle()  # gaps missing long enough count as lost
             try:
                 self._write_heartbeat(json.dumps(self.heartbeat()))
             except BrokerUnavailable as exc:

@@ -203,6 +203,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     help="Seconds a warm stop (SIGTERM/SIGINT) gets to run what was received; then exit 1.",
 )
 @click.option(
+    "--max-age",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="With a secret: reject messages sent longer ago than this (seconds) as replays.",
+)
+@click.option(
     "--loglevel",
     "-l",
     default="INFO",
@@ -215,6 +222,7 @@ def worker(
     modules: tuple[str, ...],
     concurrency: int,
     shutdown_timeout: float,
+    max_age: float,
     loglevel: str,
 ) -> None:
     """Run the receivers of MODULE for signals sent by any process."""
@@ -222,7 +230,12 @@ def worker(
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT, stream=sys.stderr)
     import_modules(modules)
-    w = Worker(opts.client(), concurrency=concurrency, shutdown_timeout_s=shutdown_timeout)
+    w = Worker(
+        opts.client(),
+        concurrency=concurrency,
+        shutdown_timeout_s=shutdown_timeout,
+        max_age_s=max_age,
+    )
     received = _install_stop_handlers(w.stop, w.stop_now)
     w.run()
     if w.abandoned:

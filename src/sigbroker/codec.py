@@ -466,7 +466,9 @@ class Codec:
     def _verify(self, data: bytes) -> None:
         end = len(data) - _SIG_BYTES  # where the signed bytes end
         if end <= 0 or not data.startswith(_SIG_TAG, end):
-            raise InvalidMessage("message is not signed, and this codec has a secret", reason="signature")
+            raise InvalidMessage(
+                "message is not signed, and this codec has a secret", reason="signature"
+            )
         signed = data[:end]  # a copy, yet cheaper than a memoryview of a short message
         signature = data[-32:]
         for signer in self._signers:
