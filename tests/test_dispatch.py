@@ -12,7 +12,9 @@ import pytest
 
 from sigbroker import Signal
 from sigbroker.codec import Codec, Envelope
-from sigbroker.dispatch import Dispatcher, EventLoopThread, Stats, Throttle
+from sigbroker.dispatch import Dispatcher, EventLoopThread
+from sigbroker.stats import Stats
+from sigbroker.throttle import Throttle
 
 target = Signal(name="tests.dispatch.target")
 SECRET = "the-secret"

@@ -31,9 +31,10 @@ from typing import Any
 import redis
 
 from .client import Client, mask_url, resp2_connection
-from .dispatch import REPLAY_WINDOW_S, Dispatcher, EventLoopThread, Stats
+from .dispatch import REPLAY_WINDOW_S, Dispatcher, EventLoopThread
 from .errors import BrokerUnavailable, ConfigurationError
 from .signal import Signal, all_signals
+from .stats import Stats
 
 hiredis: Any
 try:

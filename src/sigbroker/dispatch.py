@@ -15,244 +15,29 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from threading import get_ident
 from typing import Any
 
 from .codec import Codec
 from .errors import ConfigurationError, InvalidMessage
+from .sequences import Sequences
 from .signal import Signal
+from .stats import Stats
+from .throttle import Throttle
 
-__all__ = ["Dispatcher", "EventLoopThread", "Sequences", "Stats", "Submit", "Throttle"]
+__all__ = ["REPLAY_WINDOW_S", "Dispatcher", "EventLoopThread", "Submit"]
 
 #: How a worker runs receivers elsewhere: it is given a function that calls them.
 Submit = Callable[[Callable[[], None]], None]
 
 #: With a secret, messages sent longer ago than this (or as far ahead) are replays.
 REPLAY_WINDOW_S = 300.0
-#: Time a gap in an origin's sequence stays open for late arrivals before it counts as lost.
-SETTLE_S = 1.0
-#: Shortest interval between two log lines about rejected or lost messages of one kind.
-LOG_INTERVAL_S = 10.0
-#: Origins whose sequence a worker follows per signal; the older half is forgotten past it.
-MAX_ORIGINS = 10_000
 #: Ids of signed version-1 messages (which have no sequence) remembered against replays.
 MAX_SEEN_IDS = 100_000
 
 _now = time.time
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Stats:
-    """What a worker has done so far; read by heartbeats and ``sigbroker workers``.
-
-    ``processed`` counts messages decoded and dispatched, ``failed`` counts
-    receiver calls that raised, ``rejected`` counts messages refused before
-    any receiver ran, by reason in ``rejected_by`` (``invalid``: not a
-    message the decoder accepts; ``signature``: unsigned or badly signed;
-    ``replay``: already seen from its origin, or older than the replay
-    window), ``lost`` counts messages that a sender published and this
-    worker never received (gaps in an origin's sequence numbers), and
-    ``resubscribes`` counts subscriptions after the first.
-    """
-
-    processed: int = 0
-    failed: int = 0
-    rejected: int = 0
-    lost: int = 0
-    resubscribes: int = 0
-    rejected_by: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def reject(self, reason: str) -> None:
-        """Count one rejected message under ``reason``."""
-        with self.lock:
-            self.rejected += 1
-            self.rejected_by[reason] = self.rejected_by.get(reason, 0) + 1
-
-    def as_dict(self) -> dict[str, Any]:
-        """The counters as a plain dict (for heartbeats and JSON output)."""
-        with self.lock:
-            return {
-                "processed": self.processed,
-                "failed": self.failed,
-                "rejected": self.rejected,
-                "rejected_by": dict(self.rejected_by),
-                "lost": self.lost,
-                "resubscribes": self.resubscribes,
-            }
-
-
-class Throttle:
-    """Log lines that input can trigger, at most one per key per interval.
-
-    The first line of a key is logged at once; the ones that follow within
-    ``interval_s`` are only counted, and the count is logged with the next
-    line of that key or by :meth:`flush`. A flood of bad messages thus costs
-    a few lines per interval, never one per message (STYLE 13).
-    """
-
-    def __init__(
-        self,
-        log: logging.Logger,
-        interval_s: float = LOG_INTERVAL_S,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.log = log
-        self.interval_s = interval_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        # key -> [time of the last line logged, lines suppressed since, the last text]
-        self._keys: dict[str, list[Any]] = {}
-
-    def warning(self, key: str, text: str) -> None:
-        """Log ``text`` unless a line of ``key`` was logged within the interval."""
-        now = self._clock()
-        with self._lock:
-            entry = self._keys.get(key)
-            if entry is not None and now - entry[0] < self.interval_s:
-                entry[1] += 1
-                entry[2] = text
-                return
-            suppressed = entry[1] if entry is not None else 0
-            self._keys[key] = [now, 0, text]
-        if suppressed:
-            text += f" ({suppressed} more like it in the last {self.interval_s:g}s)"
-        self.log.warning("%s", text)
-
-    def flush(self) -> None:
-        """Log the count of lines suppressed in intervals that have ended."""
-        now = self._clock()
-        due = []
-        with self._lock:
-            for entry in self._keys.values():
-                if entry[1] and now - entry[0] >= self.interval_s:
-                    due.append((entry[1], entry[2]))
-                    entry[0], entry[1] = now, 0
-        for count, text in due:
-            self.log.warning(
-                "%d more like this in the last %gs; the latest: %s", count, self.interval_s, text
-            )
-
-
-class Sequences:
-    """The sequence numbers of one channel's origins: counts what never arrived.
-
-    Every sender numbers its messages per channel (1, 2, 3...). A number
-    that follows the last one seen from its origin is the common case and
-    costs one dict lookup. A jump opens a gap: its numbers are *pending* for
-    ``settle_s`` (threads of one sender may publish a little out of order),
-    then counted as lost with one (rate-limited) log line naming the count
-    and the likely cause. A number at or below the last one seen that is not
-    pending was seen before: a replay. Called from one reading thread; only
-    the unusual paths take the lock, which :meth:`settle` shares.
-    """
-
-    def __init__(
-        self,
-        signal: str,
-        stats: Stats,
-        throttle: Throttle,
-        *,
-        settle_s: float = SETTLE_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.signal = signal
-        self.stats = stats
-        self.throttle = throttle
-        self.settle_s = settle_s
-        self._clock = clock
-        #: The highest sequence number seen from each origin.
-        self.highest: dict[str, int] = {}
-        # origin -> [first, last, noticed at] ranges of numbers not received yet
-        self._pending: dict[str, list[list[Any]]] = {}
-        # origin -> the worker's resubscription count when its last gap was checked
-        self._resubscribes: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def accept(self, origin: str, seq: int) -> bool:
-        """Record ``seq`` from ``origin`` (not the next one); False for a message seen before."""
-        with self._lock:
-            last = self.highest.get(origin)
-            if last is None:
-                if len(self.highest) >= MAX_ORIGINS:
-                    self._forget_oldest()
-                self.highest[origin] = seq
-                self._resubscribes[origin] = self.stats.resubscribes
-                return True
-            if seq > last:
-                self.highest[origin] = seq
-                if seq > last + 1:
-                    self._pending.setdefault(origin, []).append([last + 1, seq - 1, self._clock()])
-                return True
-            return self._arrived_late(origin, seq)
-
-    def _arrived_late(self, origin: str, seq: int) -> bool:
-        ranges = self._pending.get(origin, [])
-        for gap in ranges:
-            first, last = gap[0], gap[1]
-            if first <= seq <= last:
-                if first == last:
-                    ranges.remove(gap)
-                elif seq == first:
-                    gap[0] = seq + 1
-                elif seq == last:
-                    gap[1] = seq - 1
-                else:  # split in two, both noticed when the whole gap was
-                    gap[1] = seq - 1
-                    ranges.append([seq + 1, last, gap[2]])
-                return True
-        return False
-
-    def _forget_oldest(self) -> None:
-        # Senders come and go (a web server replaces its processes): keep the
-        # newer half. A forgotten origin that sends again starts afresh.
-        for origin in list(self.highest)[: MAX_ORIGINS // 2]:
-            del self.highest[origin]
-            self._resubscribes.pop(origin, None)
-            self._pending.pop(origin, None)
-
-    def settle(self, *, everything: bool = False) -> int:
-        """Count the gaps pending for longer than ``settle_s`` (all with ``everything``) as lost."""
-        now = self._clock()
-        found: list[tuple[str, int, str]] = []
-        with self._lock:
-            for origin, ranges in list(self._pending.items()):
-                due = [g for g in ranges if everything or now - g[2] >= self.settle_s]
-                if not due:
-                    continue
-                count = sum(g[1] - g[0] + 1 for g in due)
-                ranges[:] = [g for g in ranges if g not in due]
-                if not ranges:
-                    del self._pending[origin]
-                resubscribes = self.stats.resubscribes
-                before = self._resubscribes.get(origin, resubscribes)
-                self._resubscribes[origin] = resubscribes
-                found.append((origin, count, _likely_cause(resubscribes > before)))
-        total = 0
-        for origin, count, cause in found:
-            total += count
-            noun = "message" if count == 1 else "messages"
-            self.throttle.warning(
-                f"lost:{self.signal}",
-                f"Lost {count} {noun} of {self.signal} from {origin}: {cause}",
-            )
-        if total:
-            with self.stats.lock:
-                self.stats.lost += total
-        return total
-
-
-def _likely_cause(resubscribed: bool) -> str:
-    if resubscribed:
-        return (
-            "the subscription was re-made meanwhile (a reconnect, or Redis cut this worker "
-            "off at its client-output-buffer-limit for pubsub because it fell behind)"
-        )
-    return "no reconnect meanwhile, so most likely sends that failed at the sender"
 
 
 class EventLoopThread:

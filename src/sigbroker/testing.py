@@ -33,9 +33,10 @@ from . import config
 from .client import Client, SignalRef
 from .codec import Envelope
 from .config import SecretSetting
-from .dispatch import Dispatcher, EventLoopThread, Stats
+from .dispatch import Dispatcher, EventLoopThread
 from .errors import ConfigurationError, InvalidMessage
 from .signal import Signal, all_signals
+from .stats import Stats
 
 hiredis: Any
 try:
