@@ -4,6 +4,12 @@
 both sockets stay open, but no byte passes in either direction, as when a NAT
 or a load balancer silently forgets a flow. Connections opened afterwards
 pass traffic normally, so a client that reconnects gets through.
+
+Two more faults, on the connections open at the call as well, make a command
+run in Redis while its client never learns the outcome: ``swallow_replies()``
+forwards the client's bytes and drops Redis's answers (the client times out),
+and ``close_after_reply()`` forwards the client's bytes, waits for Redis's
+answer, drops it and closes the connection (the client reads end of file).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ class _Pair:
         self.client, self.upstream = client, upstream
         self.frozen = False
         self.closed = False
+        self.swallow = False  # drop what Redis sends back
+        self.cut = False  # drop Redis's next answer, then close both ends
 
     def close(self) -> None:
         self.closed = True
@@ -51,6 +59,22 @@ class FreezingProxy:
             live = [p for p in self._pairs if not p.closed]
             for pair in live:
                 pair.frozen = True
+            return len(live)
+
+    def swallow_replies(self) -> int:
+        """On every connection open now, pass the client's bytes up and drop the replies."""
+        with self._lock:
+            live = [p for p in self._pairs if not p.closed]
+            for pair in live:
+                pair.swallow = True
+            return len(live)
+
+    def close_after_reply(self) -> int:
+        """On every connection open now, let the next command run, drop its reply and close."""
+        with self._lock:
+            live = [p for p in self._pairs if not p.closed]
+            for pair in live:
+                pair.cut = True
             return len(live)
 
     def connections(self) -> int:
@@ -93,6 +117,11 @@ class FreezingProxy:
                         return
                     if pair.frozen:
                         return  # drop it: the flow is dead from here on
+                    if sock is pair.upstream and (pair.swallow or pair.cut):
+                        if pair.cut:
+                            pair.close()  # the command ran; its client gets end of file
+                            return
+                        continue
                     ends[sock].sendall(data)
             except OSError:
                 pair.close()

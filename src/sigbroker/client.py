@@ -2,22 +2,34 @@
 
 A :class:`Client` turns ``send(signal, sender, **kwargs)`` into one PUBLISH on
 ``"{namespace}:{signal name}"`` and returns how many workers received it.
-Connection errors are retried with a short backoff until ``timeout_s`` has
-passed, then raised as :class:`~sigbroker.errors.BrokerUnavailable`: a send
-never hangs. Every redis-py exception is translated here, at the boundary.
+Errors that happen before any byte of a command was written (refused,
+connect timeout, a pooled connection that Redis closed while it was idle) are
+retried with a short backoff until ``timeout_s`` has passed, then raised as
+:class:`~sigbroker.errors.BrokerUnavailable`: a send never hangs. A send whose
+command was written and then got no reply is never retried (Redis may have run
+it): it raises :class:`~sigbroker.errors.DeliveryUnknown`. Every redis-py
+exception is translated here, at the boundary, and its text is scrubbed of the
+URL's password and secrets. A client is fork-safe: a forked child starts with
+fresh connections and a fresh group-commit state (see :func:`_after_fork_in_child`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import os
+import re
+import select
+import socket
 import threading
 import time
 import weakref
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Mapping
+from time import monotonic as _monotonic
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus
 
 import redis
 import redis.asyncio
@@ -26,7 +38,7 @@ from redis.retry import Retry
 
 from .codec import DEFAULT_LIMITS, Codec, Limits
 from .config import SecretSetting, normalize_secrets, settings
-from .errors import BrokerUnavailable, ConfigurationError
+from .errors import BrokerUnavailable, ConfigurationError, DeliveryUnknown
 from .signal import Signal, sender_reference
 
 hiredis: Any
@@ -61,6 +73,28 @@ READ_SIZE = 65536
 RETRY_BASE_DELAY_S = 0.05
 #: Longest delay between two retries.
 RETRY_MAX_DELAY_S = 1.0
+#: Idle time after which the publisher's connection is checked (one poll, no
+#: syscall otherwise) for a close by Redis before a command is written on it.
+STALE_CHECK_IDLE_S = 0.001
+#: Round trips a queued send may wait through (the one in flight, its own, and
+#: one for scheduling slack); each is bounded by the client's timeouts.
+FOLLOWER_WAIT_ROUNDS = 3
+#: What a password or a secret in a URL is shown as.
+MASK = "***"
+#: Query (or fragment) parameters whose value is a secret, matched anywhere in
+#: the name, case-insensitively: ``password``, ``ssl_password``, ``token``...
+SECRET_PARAM = re.compile(r"pass|pwd|secret|token|auth|cred|key|private", re.IGNORECASE)
+
+# Errors of the connection itself (as opposed to an error reply from Redis).
+_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+# A host, host:port or [v6]:port: what may follow the "@" that ends the userinfo.
+_HOSTLIKE = re.compile(r"[\w.%\[\]:-]*")
+_URL_DELIMITERS = re.compile(r"[/?#]")
+_PARAMS_START = re.compile(r"[?#]")
+# Query and fragment separators, kept in the output as they were.
+_PARAM_SEPARATORS = re.compile(r"([&;?#])")
+# A secret is also scrubbed piecewise, in case a parser split it at these.
+_SECRET_PIECES = re.compile(r"[/?#@:&=]")
 
 T = TypeVar("T")
 
@@ -68,20 +102,91 @@ SignalRef = Signal | str
 
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***`` (safe to print or log)."""
+    """Return ``url`` with every credential replaced by ``***`` (safe to print or log).
+
+    Masks the password of ``user:pass@`` and ``:pass@`` (also when it holds
+    unescaped ``@``, ``/`` or ``?``), and the value of every query or fragment
+    parameter whose name says it is a secret (``?password=``, the ACL user's
+    ``?username=alice&password=...``, ``ssl_password``, ``token``...), in
+    ``redis://``, ``rediss://`` and ``unix://`` URLs alike. Never raises.
+    """
     try:
-        parts = urlsplit(url)
-    except ValueError:
+        return _parse_credentials(url)[0]
+    except Exception:  # masking must never be the thing that fails
         return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _parse_credentials(url: str) -> tuple[str, list[str]]:
+    """``url`` masked, and the secrets it held, as written in it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    else:
+        scheme += sep
+    secrets: list[str] = []
+    head = ""
+    at = _userinfo_end(rest)
+    if at >= 0:
+        user, colon, password = rest[:at].partition(":")
+        if colon:
+            secrets.append(password)
+            head = f"{user}:{MASK}@"
+        else:
+            head = f"{user}@"  # a user name alone is not a secret
+        rest = rest[at + 1 :]
+    params = _PARAMS_START.search(rest)
+    start = len(rest) if params is None else params.start()
+    pieces = _PARAM_SEPARATORS.split(rest[start:])
+    for i, piece in enumerate(pieces):
+        name, eq, value = piece.partition("=")
+        if eq and value and SECRET_PARAM.search(unquote_plus(name)):
+            secrets.append(value)
+            pieces[i] = f"{name}={MASK}"
+    return scheme + head + rest[:start] + "".join(pieces), secrets
+
+
+def _userinfo_end(rest: str) -> int:
+    """Index of the "@" that ends the userinfo in ``rest`` (after ``scheme://``), or -1.
+
+    It is the last "@" that a host (or nothing, in ``unix://:pw@/path``)
+    follows, preferring one with no "?" or "#" before it (an "@" in a query
+    value ends no userinfo), so that an unescaped "@", "/" or "?" in a
+    password is masked with the rest of it.
+    """
+    for strict in (True, False):
+        at = len(rest)
+        while (at := rest.rfind("@", 0, at)) >= 0:
+            userinfo = rest[:at]
+            if not _HOSTLIKE.fullmatch(_URL_DELIMITERS.split(rest[at + 1 :], maxsplit=1)[0]):
+                continue
+            if strict and _PARAMS_START.search(userinfo):
+                continue
+            if ":" in userinfo or not _URL_DELIMITERS.search(userinfo):
+                return at
+    return -1
+
+
+def _url_secrets(url: str) -> list[str]:
+    """Every string that must not appear in a text about ``url``, longest first."""
+    try:
+        found = _parse_credentials(url)[1]
+    except Exception:  # see mask_url
+        return [url]
+    out: set[str] = set()
+    for secret in found:
+        for form in (secret, unquote(secret), unquote_plus(secret)):
+            out.add(form)
+            out.update(p for p in _SECRET_PIECES.split(form) if len(p) >= 3)
+    out.discard("")
+    return sorted(out, key=len, reverse=True)
+
+
+def _scrub(text: str, url: str, secrets: list[str]) -> str:
+    """``text`` with ``url`` masked and every secret of it replaced by ``***``."""
+    text = text.replace(url, mask_url(url))
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
 
 
 def _pool_options(connect_timeout_s: float, socket_timeout_s: float) -> dict[str, Any]:
@@ -116,6 +221,39 @@ def resp2_connection(pool: redis.ConnectionPool) -> Any:
     return conn
 
 
+# redis.asyncio's pools took the command name as a required argument before 5.3
+# and warn about it since: give it only to the versions that need it.
+_GET_CONNECTION_ARGS: tuple[str, ...] = (
+    ()
+    if inspect.signature(redis.asyncio.ConnectionPool.get_connection)
+    .parameters["command_name"]
+    .default
+    is not inspect.Parameter.empty
+    else ("PUBLISH",)
+)
+
+#: Every live client, so that a forked child can reset each of them.
+_LIVE_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+# asyncio clients inherited by a forked child: never used there, and kept
+# alive so that their finalizers do not act on the parent's transports.
+_INHERITED: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    """Give every client of a forked child its own connections and locks.
+
+    Registered with :func:`os.register_at_fork`, so it runs in the child
+    before ``fork()`` returns there, once per fork rather than once per send:
+    the send path pays nothing for fork safety.
+    """
+    for client in list(_LIVE_CLIENTS):
+        client._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # every platform that can fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Client:
     """A connection to the broker that publishes signals.
 
@@ -124,8 +262,11 @@ class Client:
     work as in redis-py. ``secret`` signs every message (a list rotates keys:
     the first signs). A connection error is retried up to ``retries`` times
     with a short backoff, and a send never takes longer than about
-    ``timeout_s`` before :class:`BrokerUnavailable`. Thread-safe: share one
-    client per process.
+    ``timeout_s`` before :class:`BrokerUnavailable`; a send whose command was
+    written but not answered raises :class:`DeliveryUnknown` and is not
+    retried. Thread-safe: share one client per process. Fork-safe: a child
+    forked after the client was used (gunicorn ``--preload``,
+    multiprocessing) opens its own connections.
     """
 
     def __init__(
@@ -149,12 +290,13 @@ class Client:
         self.timeout_s = timeout_s
         self.retries = retries
         self._options = _pool_options(connect_timeout_s, socket_timeout_s)
+        self._max_connections = max_connections
+        self._secrets = _url_secrets(self.url)
         try:
-            self.pool = redis.ConnectionPool.from_url(
-                self.url, max_connections=max_connections, **self._options
-            )
+            self.pool = self._new_pool()
         except ValueError as exc:
-            raise ConfigurationError(f"invalid Redis URL {mask_url(self.url)}: {exc}") from None
+            detail = self._scrub(str(exc))
+            raise ConfigurationError(f"invalid Redis URL {mask_url(self.url)}: {detail}") from None
         self.redis = redis.Redis(connection_pool=self.pool)
         self._prefix = f"{self.namespace}:"
         self._channels: dict[str, str] = {}
@@ -163,6 +305,25 @@ class Client:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             weakref.WeakKeyDictionary()
         )
+        _LIVE_CLIENTS.add(self)
+
+    def _new_pool(self) -> redis.ConnectionPool:
+        return redis.ConnectionPool.from_url(
+            self.url, max_connections=self._max_connections, **self._options
+        )
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the connections, locks and queues of the parent."""
+        self._publisher._after_fork()
+        # A new pool rather than pool.reset(): a parent thread may have held
+        # the old pool's lock at the fork, and reset() takes it in redis-py 8.
+        # The old pool's connections close only the child's copies of their
+        # sockets when collected (redis-py shuts a socket down only in the
+        # process that opened it), so the parent's connections live on.
+        self.pool = self._new_pool()
+        self.redis = redis.Redis(connection_pool=self.pool)
+        _INHERITED.extend(self._async.values())
+        self._async = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<Client {mask_url(self.url)} namespace={self.namespace!r}>"
@@ -232,21 +393,35 @@ class Client:
         return Batch(self)
 
     async def asend(self, signal: SignalRef, sender: object = None, **kwargs: Any) -> int:
-        """Like :meth:`send`, on ``redis.asyncio``: for use inside an event loop."""
-        data = self.encode(signal, sender, kwargs)
-        channel = self.channel(signal)
-        conn = self._async_redis()
+        """Like :meth:`send`, on ``redis.asyncio``: for use inside an event loop.
+
+        Getting a healthy connection (connect, or replace a pooled one that
+        Redis closed) is retried; once the command is being written, an error
+        raises :class:`DeliveryUnknown` and nothing is retried.
+        """
+        frames = _frame(self._command(signal), self.encode(signal, sender, kwargs))
+        pool: Any = self._async_redis().connection_pool  # redis-py leaves it untyped
         deadline = time.monotonic() + self.timeout_s
         attempt = 0
         while True:
             try:
-                return int(await conn.publish(channel, data))
-            except (redis.ConnectionError, OSError) as exc:
-                attempt += 1
-                delay = self._retry_delay(attempt, deadline, exc)
-                await asyncio.sleep(delay)
+                conn = await _checked_out(pool)
+            except _CONNECTION_ERRORS as exc:
+                attempt += 1  # nothing was written: safe to try again
+                await asyncio.sleep(self._retry_delay(attempt, deadline, exc))
+                continue
             except redis.RedisError as exc:
                 raise self._unavailable(exc, attempt + 1) from exc
+            try:
+                await conn.send_packed_command(frames, check_health=False)
+                return int(await conn.read_response())
+            except _CONNECTION_ERRORS as exc:
+                await conn.disconnect()
+                raise self._delivery_unknown(exc) from exc
+            except redis.RedisError as exc:
+                raise self._unavailable(exc, attempt + 1) from exc
+            finally:
+                await pool.release(conn)
 
     def _async_redis(self) -> redis.asyncio.Redis:
         # An asyncio connection belongs to the loop that opened it.
@@ -288,7 +463,13 @@ class Client:
         return self._call(query)
 
     def call(self, fn: Callable[[redis.Redis], T]) -> T:
-        """Run ``fn(redis_client)`` under this client's retry bound and error translation."""
+        """Run ``fn(redis_client)`` under this client's retry bound and error translation.
+
+        Connection errors are retried, and redis-py can not tell whether they
+        came before or after the command was written: ``fn`` must be safe to
+        run twice (reads, ``SET`` of a heartbeat, ``DEL``). Publishing goes
+        through :meth:`send`, which never retries a written command.
+        """
         return self._call(lambda: fn(self.redis))
 
     # -- retries and errors ---------------------------------------------------
@@ -313,14 +494,38 @@ class Client:
         remaining = deadline - time.monotonic()
         if attempt > self.retries or remaining <= delay:
             raise self._unavailable(exc, attempt) from exc
-        logger.debug("Redis at %s: %s; retry %d in %.2fs", mask_url(self.url), exc, attempt, delay)
+        logger.debug(
+            "Redis at %s: %s; retry %d in %.2fs",
+            mask_url(self.url),
+            self._detail(exc),
+            attempt,
+            delay,
+        )
         return delay
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (from redis-py, say) with this client's URL masked and its secrets hidden."""
+        return _scrub(text, self.url, self._secrets)
+
+    def _detail(self, exc: BaseException) -> str:
+        return self._scrub(str(exc)) or type(exc).__name__
 
     def _unavailable(self, exc: BaseException, attempts: int) -> BrokerUnavailable:
         noun = "attempt" if attempts == 1 else "attempts"
-        detail = str(exc).replace(self.url, mask_url(self.url)) or type(exc).__name__
         return BrokerUnavailable(
-            f"Redis at {mask_url(self.url)} is unavailable ({detail}) after {attempts} {noun}"
+            f"Redis at {mask_url(self.url)} is unavailable ({self._detail(exc)}) "
+            f"after {attempts} {noun}"
+        )
+
+    def _delivery_unknown(self, exc: BaseException, messages: int = 1) -> DeliveryUnknown:
+        what = (
+            "the message was written"
+            if messages == 1
+            else f"a pipeline of {messages} messages (this send's among them) was written"
+        )
+        return DeliveryUnknown(
+            f"Redis at {mask_url(self.url)} stopped answering after {what} "
+            f"({self._detail(exc)}): the message may have been delivered, so it was not sent again"
         )
 
     # -- lifecycle ------------------------------------------------------------
@@ -379,16 +584,25 @@ class _Publisher:
     then it hands the lead to the first sender still queued. Each caller gets
     its own count or its own error, and since a send returns only after its
     reply, each thread's messages stay in order. Only the leader touches the
-    connection.
+    connection. A queued send waits a bounded time (FOLLOWER_WAIT_ROUNDS round
+    trips, each bounded by the client's timeouts), then raises.
     """
 
     def __init__(self, client: Client) -> None:
         self._client = client
         self._conn: Any = None
         self._reader: Any = None
+        self._used = 0.0  # time.monotonic() of the last write
         self._mutex = threading.Lock()
         self._busy = False
         self._queue: list[_Waiter] = []
+        options = client._options
+        # The longest a round trip can take: the retry budget, then one last
+        # connect and a write and a read that each may use the socket timeout.
+        round_trip_s = (
+            client.timeout_s + options["socket_connect_timeout"] + 2 * options["socket_timeout"]
+        )
+        self._wait_s = FOLLOWER_WAIT_ROUNDS * round_trip_s
 
     def publish(self, frames: bytes, count: int = 1, many: bool = False) -> Any:
         """Publish ``count`` framed commands; return the count, or the list of counts."""
@@ -407,12 +621,32 @@ class _Publisher:
                 raise
             self._keep_leading()
             return result
-        waiter.wake.acquire()
+        if not waiter.wake.acquire(timeout=self._wait_s):
+            self._give_up(waiter)
         if waiter.lead:
             self._keep_leading()  # the first batch it sends holds its own message
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+    def _give_up(self, waiter: _Waiter) -> None:
+        """Raise for a queued send that got no turn in time (unless woken just now)."""
+        client = self._client
+        with self._mutex:  # the lead is handed over under the mutex
+            if waiter.wake.acquire(blocking=False):
+                return  # woken between the timeout and here: carry on
+            queued = waiter in self._queue
+            if queued:
+                self._queue.remove(waiter)
+        if queued:
+            raise BrokerUnavailable(
+                f"Redis at {mask_url(client.url)} is unavailable: a send queued behind "
+                f"others got no turn within {self._wait_s:.0f}s; it was not sent"
+            )
+        # A leader took it into a pipeline that has not come back.
+        raise client._delivery_unknown(
+            TimeoutError(f"no reply within {self._wait_s:.0f}s"), waiter.count
+        )
 
     def _keep_leading(self) -> None:
         # Leading on saves the wake-up of a new leader per round trip; the
@@ -456,33 +690,45 @@ class _Publisher:
                 self._busy = False
 
     def _round_trip(self, payload: bytes, replies: int, many: bool = False) -> Any:
-        """Send ``payload``, read ``replies`` replies; retry connection errors."""
+        """Send ``payload``, read ``replies`` replies; retry only errors before the write.
+
+        Once a byte of ``payload`` has left, an error (end of file, reset,
+        timeout) raises :class:`DeliveryUnknown`: Redis may have run the
+        commands, and sending them again could deliver them twice.
+        """
         client = self._client
         deadline = 0.0
         attempt = 0
         while True:
+            written = False
             try:
-                conn = self._conn or self._connect()
+                conn = self._conn
+                now = _monotonic()
+                if conn is None or (now - self._used > STALE_CHECK_IDLE_S and _closed(conn._sock)):
+                    conn = self._connect()
+                self._used = now
+                sock = conn._sock
+                sent = sock.send(payload)  # raises before any byte leaves, or sends some
+                written = True
+                if sent < len(payload):
+                    sock.sendall(memoryview(payload)[sent:])
                 if self._reader is not None:
-                    counts = self._exchange(conn._sock, payload, replies)
+                    counts = self._read(sock, replies)
                 else:
-                    conn.send_packed_command((payload,), check_health=False)
                     counts = [conn.read_response() for _ in range(replies)]
                 return [int(n) for n in counts] if many else int(counts[0])
-            except TimeoutError as exc:
-                # Written but not answered in time: the command may have run, so
-                # it is not sent again.
+            except _CONNECTION_ERRORS as exc:
                 self._drop()
-                raise client._unavailable(exc, attempt + 1) from exc
-            except (redis.ConnectionError, OSError) as exc:
-                # Refused, reset or a stale connection: retry on a fresh one.
-                self._drop()
+                if written:
+                    raise client._delivery_unknown(exc, replies) from exc
+                # Refused, a connect timeout, a stale connection: nothing of
+                # this command reached Redis, so a fresh connection may try.
                 attempt += 1
                 if not deadline:
                     deadline = time.monotonic() + client.timeout_s
                 time.sleep(client._retry_delay(attempt, deadline, exc))
             except redis.RedisError as exc:
-                # A timeout inside redis-py, or an error reply (an ACL refusal, say).
+                # An error reply (an ACL refusal, say): Redis refused it.
                 self._drop()
                 raise client._unavailable(exc, attempt + 1) from exc
             except BaseException:
@@ -490,6 +736,7 @@ class _Publisher:
                 raise
 
     def _connect(self) -> Any:
+        self._drop()  # a stale one, if any
         conn = resp2_connection(self._client.pool)  # AUTH, TLS, SELECT: redis-py's handshake
         self._conn = conn
         if hiredis is not None:
@@ -498,8 +745,7 @@ class _Publisher:
             self._reader = hiredis.Reader()
         return conn
 
-    def _exchange(self, sock: Any, payload: bytes, replies: int) -> list[Any]:
-        sock.sendall(payload)
+    def _read(self, sock: Any, replies: int) -> list[Any]:
         reader = self._reader
         out: list[Any] = []
         while len(out) < replies:
@@ -524,6 +770,55 @@ class _Publisher:
         """Close the connection (the next send opens a new one)."""
         with self._mutex:
             self._drop()
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's connection and group-commit state.
+
+        The parent's other threads do not exist here: a lock they held, a
+        queue they were in and the connection they were using are replaced,
+        not waited for. Closing the socket closes only the child's copy.
+        """
+        conn, self._conn, self._reader = self._conn, None, None
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            sock.close()
+        self._mutex = threading.Lock()
+        self._busy = False
+        self._queue = []
+
+
+async def _checked_out(pool: Any) -> Any:
+    """A connection of a ``redis.asyncio`` pool, ready for a command to be written.
+
+    redis-py checks a pooled connection for a close by Redis only as far as
+    its event loop has seen it; the socket itself is asked too, so that a
+    stale connection is replaced before anything is written on it.
+    """
+    conn = await pool.get_connection(*_GET_CONNECTION_ARGS)
+    try:
+        writer = getattr(conn, "_writer", None)
+        sock = writer.get_extra_info("socket") if writer is not None else None
+        if sock is not None and sock.fileno() >= 0 and _closed(sock):
+            await conn.disconnect()
+            await conn.connect()
+    except BaseException:
+        await pool.release(conn)
+        raise
+    return conn
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read: Redis closed it (or broke it).
+
+    Checked before writing on a connection that sat idle, so that a stale one
+    is replaced while retrying is still safe.
+    """
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([sock], [], [], 0)  # pragma: no cover - no poll()
+    return bool(readable)
 
 
 def _text(value: bytes | str) -> str:
