@@ -52,6 +52,10 @@ TEST_FILES = (
     "tests/test_embedded.py",
     "tests/test_no_hiredis.py",
     "tests/test_warm_stop.py",
+    "tests/test_fork.py",
+    "tests/test_no_duplicates.py",
+    "tests/test_loss.py",
+    "tests/test_mask.py",
 )
 #: What those test files import besides the package (the dev extra is much heavier);
 #: gevent: test_warm_stop.py stops a worker running under gevent monkey-patching.
