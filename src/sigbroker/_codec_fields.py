@@ -68,9 +68,9 @@ def read_fields(fields: Any) -> RawFields:
         and math.isfinite(sent_at)
         and type(origin_) is str
         and type(seq) is int
-        and 0 <= seq <= MAX_SEQUENCE
+        and seq >= 0  # msgpack has no int above MAX_SEQUENCE
         and type(body) is bytes
-        and _signature_ok(fields, 8)
+        and (len(fields) == 8 or _signature_ok(fields, 8))
     ):
         return message_id, signal, sender, float(sent_at), origin_, seq, body
     raise field_error(fields)

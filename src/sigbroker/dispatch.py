@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from threading import get_ident
 from typing import Any
 
 from .codec import Codec
@@ -29,6 +28,8 @@ __all__ = ["REPLAY_WINDOW_S", "Dispatcher", "EventLoopThread", "Submit"]
 
 #: How a worker runs receivers elsewhere: it is given a function that calls them.
 Submit = Callable[[Callable[[], None]], None]
+#: Calls a signal's receivers for one message: (cell, sender reference, arguments, id).
+Caller = Callable[[list[str | None], str | None, dict[str, Any], str], None]
 
 #: With a secret, messages sent longer ago than this (or as far ahead) are replays.
 REPLAY_WINDOW_S = 300.0
@@ -112,13 +113,16 @@ class Dispatcher:
         self.threads = threads
         self.max_age_s = max_age_s
         self.throttle = Throttle(logger)
-        self._running: dict[int, tuple[str, str]] = {}
+        self._cells: list[tuple[str, list[str | None]]] = []
+        self._lock = threading.Lock()
         self._sequences: list[Sequences] = []
         self._seen_ids: dict[str, float] = {}
 
     def in_flight(self) -> list[tuple[str, str]]:
         """``(signal name, message id)`` of each message whose receivers are running now."""
-        return list(self._running.values())
+        with self._lock:
+            cells = list(self._cells)
+        return [(name, message_id) for name, (message_id,) in cells if message_id is not None]
 
     def settle(self, *, everything: bool = False) -> int:
         """Count as lost what has been missing long enough; log suppressed warnings.
@@ -147,17 +151,25 @@ class Dispatcher:
         """
         read = self.codec.read
         name = signal.name
-        receivers_for = signal.remote_receivers
         stats = self.stats
-        lock = stats.lock if self.threads > 1 else None
         reject = self._reject
-        run_async = self._run_async
-        running = self._running
         sequences = Sequences(name, stats, self.throttle)
         self._sequences.append(sequences)
         highest = sequences.highest
         signed = self.codec.signed
         admit = self._admit
+        call = self._caller(signal)
+        # The id of the message whose receivers run: in the reading thread one
+        # cell per handler; in a pool's threads, one per thread.
+        cell = self._cell(name)
+        cells = threading.local()
+
+        def pooled(sender_ref: str | None, kwargs: dict[str, Any], message_id: str) -> None:
+            try:
+                mine = cells.cell
+            except AttributeError:
+                mine = cells.cell = self._cell(name)
+            call(mine, sender_ref, kwargs, message_id)
 
         def handle(data: bytes) -> None:
             try:
@@ -177,31 +189,51 @@ class Dispatcher:
             elif not admit(sequences, signal_name, kwargs, message_id, sent_at, origin, seq):
                 return
             if submit is None:
-                call(sender_ref, kwargs, message_id)
+                call(cell, sender_ref, kwargs, message_id)
             else:
-                submit(lambda: call(sender_ref, kwargs, message_id))
+                submit(lambda: pooled(sender_ref, kwargs, message_id))
 
-        def call(sender_ref: str | None, kwargs: dict[str, Any], message_id: str) -> None:
-            me = get_ident()
-            running[me] = (name, message_id)
-            try:
-                sender, sync_receivers, async_receivers = receivers_for(sender_ref)
-                failed = 0
-                for receiver in sync_receivers:
-                    try:
-                        receiver(signal=signal, sender=sender, **kwargs)
-                    except Exception:
-                        failed += 1
-                        logger.exception(
-                            "Error calling %s for %s (message %s)",
-                            _qualname(receiver),
-                            name,
-                            message_id,
-                        )
-                if async_receivers:
-                    failed += run_async(signal, sender, kwargs, async_receivers, message_id)
-            finally:
-                del running[me]
+        return handle
+
+    def _cell(self, name: str) -> list[str | None]:
+        # Where a thread that calls receivers of ``name`` notes the message id.
+        cell: list[str | None] = [None]
+        with self._lock:
+            self._cells.append((name, cell))
+        return cell
+
+    def _caller(self, signal: Signal) -> Caller:
+        """The function that calls ``signal``'s receivers for one message, robustly, and counts.
+
+        It notes the message's id in the cell it is given while the receivers
+        run (for :meth:`in_flight`): a store, far cheaper than a lock or a dict.
+        """
+        name = signal.name
+        receivers_for = signal.remote_receivers
+        stats = self.stats
+        lock = stats.lock if self.threads > 1 else None
+        run_async = self._run_async
+
+        def call(
+            cell: list[str | None], sender_ref: str | None, kwargs: dict[str, Any], message_id: str
+        ) -> None:
+            cell[0] = message_id
+            sender, sync_receivers, async_receivers = receivers_for(sender_ref)
+            failed = 0
+            for receiver in sync_receivers:
+                try:
+                    receiver(signal=signal, sender=sender, **kwargs)
+                except Exception:
+                    failed += 1
+                    logger.exception(
+                        "Error calling %s for %s (message %s)",
+                        _qualname(receiver),
+                        name,
+                        message_id,
+                    )
+            if async_receivers:
+                failed += run_async(signal, sender, kwargs, async_receivers, message_id)
+            cell[0] = None
             if lock is None:
                 stats.processed += 1
                 stats.failed += failed
@@ -210,7 +242,7 @@ class Dispatcher:
                     stats.processed += 1
                     stats.failed += failed
 
-        return handle
+        return call
 
     def _admit(
         self,
