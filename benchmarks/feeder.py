@@ -5,6 +5,11 @@ them, and the publisher must cost the same for every side. The feeder writes
 pipelined ``PUBLISH`` commands in RESP on a plain socket and checks every
 reply, about ten times faster than redis-py's pipeline. It is test equipment,
 not a side of any comparison.
+
+A worker rejects a sigbroker message that it has seen before (its origin's
+sequence number did not move on), so replayed captures are renumbered:
+with ``first_seq``, the sequence numbers of the published copies count up
+from it, as those of one real sender do.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from urllib.parse import urlsplit
 CHUNK_COMMANDS = 10_000
 #: Longest wait for Redis to answer one chunk.
 REPLY_TIMEOUT_S = 30.0
+#: What precedes the sequence number of an (unsigned) sigbroker message: key "n", uint64.
+SEQ_FIELD = b"\xa1n\xcf"
 
 
 def _command(channel: bytes, data: bytes) -> bytes:
@@ -37,20 +44,33 @@ class Feeder:
         self._sock.settimeout(REPLY_TIMEOUT_S)
 
     def publish(
-        self, channel: str, messages: Sequence[bytes], total: int, receivers: int = 1
+        self,
+        channel: str,
+        messages: Sequence[bytes],
+        total: int,
+        receivers: int = 1,
+        *,
+        first_seq: int | None = None,
     ) -> None:
         """Publish ``total`` messages on ``channel``, cycling through ``messages``.
 
-        Every reply must say that ``receivers`` subscribers got the message;
-        anything else (nobody subscribed, an error) raises RuntimeError, since a
-        message that reached nobody would make the benchmark wait forever.
+        With ``first_seq``, ``messages`` are unsigned sigbroker messages and the
+        copies published carry the sequence numbers ``first_seq``, ``first_seq
+        + 1``... Every reply must say that ``receivers`` subscribers got the
+        message; anything else (nobody subscribed, an error) raises
+        RuntimeError, since a message that reached nobody would make the
+        benchmark wait forever.
         """
         commands = [_command(channel.encode(), m) for m in messages]
+        halves = [_split_at_sequence(c) for c in commands] if first_seq is not None else []
         expected = b":%d\r\n" % receivers
         sent = 0
         while sent < total:
             n = min(CHUNK_COMMANDS, total - sent)
-            chunk = b"".join(commands[(sent + i) % len(commands)] for i in range(n))
+            if first_seq is None:
+                chunk = b"".join(commands[(sent + i) % len(commands)] for i in range(n))
+            else:
+                chunk = _numbered(halves, sent, n, first_seq + sent)
             self._sock.sendall(chunk)
             replies = self._read_replies(n, len(expected))
             if replies != expected * n:
@@ -72,3 +92,18 @@ class Feeder:
     def close(self) -> None:
         """Close the connection."""
         self._sock.close()
+
+
+def _split_at_sequence(command: bytes) -> tuple[bytes, bytes]:
+    at = command.index(SEQ_FIELD) + len(SEQ_FIELD)
+    return command[:at], command[at + 8 :]
+
+
+def _numbered(halves: Sequence[tuple[bytes, bytes]], start: int, n: int, seq: int) -> bytes:
+    """``n`` commands from ``halves`` (cycling from ``start``) numbered from ``seq``."""
+    count = len(halves)
+    parts = []
+    for i in range(n):
+        head, tail = halves[(start + i) % count]
+        parts += (head, (seq + i).to_bytes(8, "big"), tail)
+    return b"".join(parts)

@@ -134,7 +134,10 @@ def main(argv: list[str]) -> int:
             messages = capture_sigbroker_messages(url)
             worker.pause()
             feeder.publish(
-                channel(payload_signal, NAMESPACE), messages, BACKLOG_PER_SECOND * args.seconds
+                channel(payload_signal, NAMESPACE),
+                messages,
+                BACKLOG_PER_SECOND * args.seconds,
+                first_seq=1,
             )
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.unlink(missing_ok=True)

@@ -191,14 +191,20 @@ def consumer_figures(url: str, plan: Plan, with_celery: bool, progress: Progress
         time.sleep(SETTLE_S)
         n = plan.drain_messages
         captured = capture_sigbroker_messages(url)
-        ours = Consumer(subs["sigbroker"], channel(payload_signal, NAMESPACE), captured, n)
+        ours = Consumer(
+            subs["sigbroker"], channel(payload_signal, NAMESPACE), captured, n, sequenced=True
+        )
         ours.rss_idle = rss_readings(ours.sub)
         raw = Consumer(subs["raw"], RAW_PAYLOAD_CHANNEL, raw_messages(), n)
         raw.rss_idle = rss_readings(raw.sub)
         # For context only, and slow: a quarter of the messages keeps its rounds short.
         c4_drain = max(REPORT_EVERY, n // 4 // REPORT_EVERY * REPORT_EVERY)
         c4 = Consumer(
-            subs["sigbroker-c4"], channel(payload_signal, C4_NAMESPACE), captured, c4_drain
+            subs["sigbroker-c4"],
+            channel(payload_signal, C4_NAMESPACE),
+            captured,
+            c4_drain,
+            sequenced=True,
         )
 
         progress("figure 4: end-to-end latency")

@@ -46,6 +46,15 @@ class Consumer:
     drain: int = 100_000
     counted: int = 0
     rss_idle: list[float] = field(default_factory=list)
+    #: Whether ``messages`` are sigbroker's: each copy published gets the next sequence number.
+    sequenced: bool = False
+    published: int = 0
+
+    def publish(self, feeder: Feeder, total: int) -> None:
+        """Queue ``total`` more messages for this consumer."""
+        first = self.published + 1 if self.sequenced else None
+        feeder.publish(self.channel, self.messages, total, first_seq=first)
+        self.published += total
 
 
 def capture_sigbroker_messages(url: str, count: int = DISTINCT_MESSAGES) -> list[bytes]:
@@ -96,7 +105,7 @@ def _drain_round(consumer: Consumer, feeder: Feeder, reports: Reports) -> float:
     n = consumer.drain
     consumer.sub.pause()
     try:
-        feeder.publish(consumer.channel, consumer.messages, n)
+        consumer.publish(feeder, n)
     finally:
         start = time.perf_counter()
         consumer.sub.resume()
@@ -146,7 +155,7 @@ def throughput_rows(
 def _feed_to(consumer: Consumer, feeder: Feeder, reports: Reports, total: int) -> None:
     remaining = total - consumer.counted
     if remaining > 0:
-        feeder.publish(consumer.channel, consumer.messages, remaining)
+        consumer.publish(feeder, remaining)
         reports.wait_count(consumer.sub.name, total, 60 + remaining / MIN_RATE)
         consumer.counted = total
 
