@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from sigbroker import Signal
+from sigbroker import sequences as sequences_module
 from sigbroker.codec import Codec, Envelope
 from sigbroker.dispatch import Dispatcher, EventLoopThread
+from sigbroker.sequences import MAX_OPEN_GAPS, MAX_SETTLED_GAPS
 from sigbroker.stats import Stats
 from sigbroker.throttle import Throttle
 
@@ -334,3 +336,65 @@ def test_submit_runs_the_receivers_elsewhere_after_the_checks(
     assert len(queued) == 1 and received == []
     queued[0]()
     assert received == [1] and stats.processed == 1 and stats.rejected == 1
+
+
+def test_a_message_that_arrives_after_its_gap_was_counted_still_runs(
+    loop: EventLoopThread, received: list[int]
+) -> None:
+    # A batch() held open while other sends go out: its messages carry lower
+    # numbers and reach Redis later than the settle window.
+    stats = Stats()
+    dispatcher = Dispatcher(Codec(), stats, loop)
+    handle = dispatcher.handler(target)
+    for seq in (1, 4, 5):
+        handle(message(seq))
+    assert dispatcher.settle(everything=True) == 2 and stats.lost == 2
+    handle(message(3))
+    handle(message(2))
+    assert received == [1, 4, 5, 3, 2]
+    assert stats.lost == 0 and stats.rejected == 0
+    handle(message(2))  # but only once
+    assert stats.rejected_by == {"replay": 1} and stats.lost == 0
+
+
+def test_a_sender_that_skips_numbers_keeps_bounded_state(
+    loop: EventLoopThread, received: list[int]
+) -> None:
+    stats = Stats()
+    dispatcher = Dispatcher(Codec(), stats, loop)
+    handle = dispatcher.handler(target)
+    for seq in range(1, 2001, 2):  # every other number: 999 gaps
+        handle(message(seq))
+    (sequences,) = dispatcher._sequences
+    assert len(sequences._open["web-1:7:abcdef01"]) == MAX_OPEN_GAPS
+    assert len(sequences._settled["web-1:7:abcdef01"]) == MAX_SETTLED_GAPS
+    assert stats.lost == 999 - MAX_OPEN_GAPS
+    dispatcher.settle(everything=True)
+    assert stats.lost == 999 and stats.processed == 1000
+
+
+def test_forgotten_origins_have_their_open_gaps_counted(
+    loop: EventLoopThread, received: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sequences_module, "MAX_ORIGINS", 4)
+    stats = Stats()
+    dispatcher = Dispatcher(Codec(), stats, loop)
+    handle = dispatcher.handler(target)
+    handle(message(1, origin="a:1:0"))
+    handle(message(5, origin="a:1:0"))  # 3 missing, still open
+    for name in ("b:1:0", "c:1:0", "d:1:0", "e:1:0"):
+        handle(message(1, origin=name))
+    assert stats.lost == 3  # "a" was forgotten with its gap, which counted
+    (sequences,) = dispatcher._sequences
+    assert "a:1:0" not in sequences.highest and len(sequences.highest) == 3
+
+
+def test_the_dispatcher_keeps_one_handler_per_signal_for_handle(
+    loop: EventLoopThread, received: list[int]
+) -> None:
+    stats = Stats()
+    dispatcher = Dispatcher(Codec(), stats, loop)
+    dispatcher.handle(target, message(1))
+    dispatcher.handle(target, message(1))
+    assert len(dispatcher._sequences) == 1
+    assert received == [1] and stats.rejected_by == {"replay": 1}

@@ -47,9 +47,9 @@ class Limits:
     item of a list, tuple or set, each key and each value of a map, and the
     name and encoded value of a registered type count one. ``{"ids": [1, 2,
     3]}`` holds 5 values. The default keeps the worst message a decoder can be
-    sent to a few milliseconds of CPU time (``benchmarks/`` measures it),
-    while a payload of model instances, requests and forms holds a few
-    hundred values.
+    sent to about 10 ms of CPU time on a small VM (a flood of extension values
+    is the worst case), while a payload of model instances, requests and
+    forms holds a few hundred values.
     """
 
     max_message_bytes: int = 1024 * 1024

@@ -255,11 +255,13 @@ def next_sequence(channel: str) -> int:
 def new_envelope(
     signal: str, sender: str | None, kwargs: Mapping[str, Any], *, channel: str | None = None
 ) -> Envelope:
-    """Return an envelope for a send happening now, with a fresh id and sequence number.
+    """Return an envelope for a send happening now, with a fresh id.
 
-    The sequence counts per ``channel`` (the signal name when None).
+    With ``channel`` (the key a :class:`~sigbroker.client.Client` counts
+    under), it takes that channel's next sequence number; without, sequence
+    0, which no worker tracks, so it can never collide with a client's.
     """
-    seq = next_sequence(signal if channel is None else channel)
+    seq = 0 if channel is None else next_sequence(channel)
     return Envelope(signal, sender, dict(kwargs), _new_id(), _now(), origin(), seq)
 
 
@@ -311,7 +313,7 @@ class Codec:
 
         Makes the id, send time, origin and sequence number (counted per
         ``channel``, else per signal name) itself and returns the same layout
-        as ``encode(new_envelope(signal, sender, kwargs, channel=channel))``.
+        as ``encode(new_envelope(signal, sender, kwargs, channel=channel or signal))``.
         Raises :class:`PayloadError`, naming the argument, for anything that
         can not be sent; a refused payload takes no sequence number.
         """

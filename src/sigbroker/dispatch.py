@@ -114,6 +114,7 @@ class Dispatcher:
         self.max_age_s = max_age_s
         self.throttle = Throttle(logger)
         self._cells: list[tuple[str, list[str | None]]] = []
+        self._handlers: dict[Signal, Callable[[bytes], None]] = {}
         self._lock = threading.Lock()
         self._sequences: list[Sequences] = []
         self._seen_ids: dict[str, float] = {}
@@ -135,8 +136,14 @@ class Dispatcher:
         return lost
 
     def handle(self, signal: Signal, data: bytes) -> None:
-        """Dispatch one message that arrived on ``signal``'s channel; never raises."""
-        self.handler(signal)(data)
+        """Dispatch one message that arrived on ``signal``'s channel; never raises.
+
+        The handler is made once per signal and kept, with its sequence state.
+        """
+        handler = self._handlers.get(signal)
+        if handler is None:
+            handler = self._handlers[signal] = self.handler(signal)
+        handler(data)
 
     def handler(self, signal: Signal, submit: Submit | None = None) -> Callable[[bytes], None]:
         """The function that dispatches the messages of ``signal``'s channel.
