@@ -180,11 +180,11 @@ def test_fork_with_a_round_trip_in_flight_and_sends_queued(
         release = threading.Event()
         calls: list[int] = []
 
-        def slow_first(payload: bytes, replies: int, many: bool = False) -> Any:
+        def slow_first(payload: bytes, replies: int) -> Any:
             calls.append(replies)
             if len(calls) == 1:
                 release.wait(30)
-            return real(payload, replies, many)
+            return real(payload, replies)
 
         monkeypatch.setattr(publisher, "_round_trip", slow_first)
         results: list[int] = []
@@ -221,11 +221,11 @@ def test_a_queued_send_waits_a_bounded_time_and_the_lead_survives(
         release = threading.Event()
         calls: list[int] = []
 
-        def stuck_first(payload: bytes, replies: int, many: bool = False) -> Any:
+        def stuck_first(payload: bytes, replies: int) -> Any:
             calls.append(replies)
             if len(calls) == 1:
                 release.wait(30)
-            return real(payload, replies, many)
+            return real(payload, replies)
 
         monkeypatch.setattr(publisher, "_round_trip", stuck_first)
         monkeypatch.setattr(publisher, "_wait_s", 0.2)

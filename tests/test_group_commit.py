@@ -85,11 +85,11 @@ def test_sends_queued_behind_a_round_trip_go_as_one_pipeline(
         release = threading.Event()
         sizes: list[int] = []
 
-        def slow_first(payload: bytes, replies: int, many: bool = False) -> Any:
+        def slow_first(payload: bytes, replies: int) -> Any:
             sizes.append(replies)
             if len(sizes) == 1:
                 release.wait(10)
-            return real(payload, replies, many)
+            return real(payload, replies)
 
         monkeypatch.setattr(publisher, "_round_trip", slow_first)
         counts: list[int] = []
@@ -120,12 +120,12 @@ def test_every_queued_sender_gets_the_error(
         release = threading.Event()
         calls: list[int] = []
 
-        def slow_first(payload: bytes, replies: int, many: bool = False) -> Any:
+        def slow_first(payload: bytes, replies: int) -> Any:
             calls.append(replies)
             if len(calls) == 1:
                 release.wait(10)
                 server.kill()
-            return real(payload, replies, many)
+            return real(payload, replies)
 
         monkeypatch.setattr(publisher, "_round_trip", slow_first)
         errors: list[BaseException] = []

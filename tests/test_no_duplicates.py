@@ -127,10 +127,10 @@ def test_every_send_of_a_written_pipeline_gets_delivery_unknown(
         release = threading.Event()
         calls: list[int] = []
 
-        def slow_first(payload: bytes, replies: int, many: bool = False) -> Any:
+        def slow_first(payload: bytes, replies: int) -> Any:
             # The first round trip goes through, then holds the lead until
             # three more sends queue behind it: they leave as one pipeline.
-            result = real(payload, replies, many)
+            result = real(payload, replies)
             calls.append(replies)
             if len(calls) == 1:
                 release.wait(10)

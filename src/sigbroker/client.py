@@ -38,7 +38,7 @@ from redis.retry import Retry
 
 from .codec import DEFAULT_LIMITS, Codec, Limits
 from .config import SecretSetting, normalize_secrets, settings
-from .errors import BrokerUnavailable, ConfigurationError, DeliveryUnknown
+from .errors import BatchRefused, BrokerUnavailable, ConfigurationError, DeliveryUnknown
 from .signal import Signal, sender_reference
 
 hiredis: Any
@@ -517,6 +517,28 @@ class Client:
             f"after {attempts} {noun}"
         )
 
+    def _refused(self, reply: BaseException) -> BrokerUnavailable:
+        """The error of one message that Redis refused (an error reply): it was not delivered."""
+        return BrokerUnavailable(
+            f"Redis at {mask_url(self.url)} refused the message ({self._detail(reply)}): "
+            "it was not delivered"
+        )
+
+    def _counts(self, replies: list[Any]) -> list[int]:
+        """The receiver counts of a batch's replies; BatchRefused if Redis refused any."""
+        if all(type(r) is int for r in replies):
+            return replies
+        results: list[int | BrokerUnavailable] = [
+            r if type(r) is int else self._refused(r) for r in replies
+        ]
+        refused = [r for r in results if not isinstance(r, int)]
+        raise BatchRefused(
+            f"Redis at {mask_url(self.url)} refused {len(refused)} of the batch's "
+            f"{len(results)} messages ({refused[0]}); the others were delivered: "
+            "see the error's results",
+            results,
+        )
+
     def _delivery_unknown(self, exc: BaseException, messages: int = 1) -> DeliveryUnknown:
         what = (
             "the message was written"
@@ -615,12 +637,17 @@ class _Publisher:
                 waiter = None
         if waiter is None:
             try:
-                result = self._round_trip(frames, count, many)
+                replies = self._round_trip(frames, count)
             except BaseException:
                 self._hand_over()
                 raise
             self._keep_leading()
-            return result
+            if many:
+                return self._client._counts(replies)
+            reply = replies[0]
+            if type(reply) is int:
+                return reply
+            raise self._client._refused(reply)
         if not waiter.wake.acquire(timeout=self._wait_s):
             self._give_up(waiter)
         if waiter.lead:
@@ -663,17 +690,28 @@ class _Publisher:
 
     def _send_batch(self, batch: list[_Waiter]) -> bool:
         """One pipeline for the queued senders; wake them; return whether it went through."""
+        client = self._client
         try:
             total = sum(w.count for w in batch)
-            counts = self._round_trip(b"".join(w.frames for w in batch), total, many=True)
+            replies = self._round_trip(b"".join(w.frames for w in batch), total)
         except BaseException as exc:
             for w in batch:
                 w.error = exc
             return False
         else:
+            # Each sender gets its own outcome: a refusal of one message (an
+            # error reply) says nothing about the others of the pipeline.
             at = 0
             for w in batch:
-                w.result = counts[at : at + w.count] if w.many else counts[at]
+                if w.many:
+                    try:
+                        w.result = client._counts(replies[at : at + w.count])
+                    except BatchRefused as exc:
+                        w.error = exc
+                elif type(reply := replies[at]) is int:
+                    w.result = reply
+                else:
+                    w.error = client._refused(reply)
                 at += w.count
             return True
         finally:
@@ -689,9 +727,13 @@ class _Publisher:
             else:
                 self._busy = False
 
-    def _round_trip(self, payload: bytes, replies: int, many: bool = False) -> Any:
-        """Send ``payload``, read ``replies`` replies; retry only errors before the write.
+    def _round_trip(self, payload: bytes, replies: int) -> list[Any]:
+        """Send ``payload``, read all ``replies`` replies; retry only errors before the write.
 
+        Returns the replies in order: an int per PUBLISH that Redis ran, a
+        :class:`redis.ResponseError` per command it refused (an ACL refusal of
+        one channel, say). Every reply is read, refused or not, so the
+        connection stays in step and the other commands' counts are known.
         Once a byte of ``payload`` has left, an error (end of file, reset,
         timeout) raises :class:`DeliveryUnknown`: Redis may have run the
         commands, and sending them again could deliver them twice.
@@ -713,10 +755,8 @@ class _Publisher:
                 if sent < len(payload):
                     sock.sendall(memoryview(payload)[sent:])
                 if self._reader is not None:
-                    counts = self._read(sock, replies)
-                else:
-                    counts = [conn.read_response() for _ in range(replies)]
-                return [int(n) for n in counts] if many else int(counts[0])
+                    return self._read(sock, replies)
+                return [_resp_reply(conn) for _ in range(replies)]
             except _CONNECTION_ERRORS as exc:
                 self._drop()
                 if written:
@@ -728,7 +768,8 @@ class _Publisher:
                     deadline = time.monotonic() + client.timeout_s
                 time.sleep(client._retry_delay(attempt, deadline, exc))
             except redis.RedisError as exc:
-                # An error reply (an ACL refusal, say): Redis refused it.
+                # Not an error reply (those are returned): the connection's
+                # handshake (AUTH, SELECT) was refused.
                 self._drop()
                 raise client._unavailable(exc, attempt + 1) from exc
             except BaseException:
@@ -742,10 +783,12 @@ class _Publisher:
         if hiredis is not None:
             # From here on the replies are read off the socket by our own
             # reader: redis-py's parser has nothing buffered after the handshake.
-            self._reader = hiredis.Reader()
+            self._reader = hiredis.Reader(replyError=redis.ResponseError)
         return conn
 
     def _read(self, sock: Any, replies: int) -> list[Any]:
+        # Error replies come out of the reader as ResponseError values, kept
+        # in their place: reading never stops before the last reply.
         reader = self._reader
         out: list[Any] = []
         while len(out) < replies:
@@ -755,8 +798,6 @@ class _Publisher:
                 if not data:
                     raise redis.ConnectionError("Redis closed the connection")
                 reader.feed(data)
-            elif isinstance(reply, Exception):
-                raise redis.ResponseError(str(reply))
             else:
                 out.append(reply)
         return out
@@ -785,6 +826,14 @@ class _Publisher:
         self._mutex = threading.Lock()
         self._busy = False
         self._queue = []
+
+
+def _resp_reply(conn: Any) -> Any:
+    """One reply read by redis-py's parser; an error reply is returned, not raised."""
+    try:
+        return conn.read_response()
+    except redis.ResponseError as exc:  # the whole reply was read: still in step
+        return exc
 
 
 async def _checked_out(pool: Any) -> Any:
@@ -848,7 +897,14 @@ class Batch:
         return len(self._queued)
 
     def flush(self) -> list[int]:
-        """Publish everything queued in one round trip; return the receiver counts."""
+        """Publish everything queued in one round trip; return the receiver counts.
+
+        If Redis refuses some of the messages (an ACL that forbids one
+        channel, say) and runs the others, raises :class:`BatchRefused`,
+        whose ``results`` hold each message's count or the error of its
+        refusal, in order: resend only the refused ones. ``results`` of the
+        batch then gets nothing. The messages are never all retried.
+        """
         queued, self._queued = self._queued, []
         if not queued:
             return []

@@ -9,6 +9,7 @@ catches anything the library raises on purpose::
      +-- InvalidMessage          a message from the wire that the decoder rejected
      +-- BrokerUnavailable       Redis could not be reached within the bound
           +-- DeliveryUnknown    the command was written, no reply came: maybe delivered
+          +-- BatchRefused       Redis refused some messages of a batch and ran the others
 
 Errors from redis-py never cross the boundary of ``client.py`` and
 ``broker.py``: they are re-raised as :class:`BrokerUnavailable`, chained with
@@ -17,7 +18,10 @@ Errors from redis-py never cross the boundary of ``client.py`` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
+    "BatchRefused",
     "BrokerUnavailable",
     "ConfigurationError",
     "DeliveryUnknown",
@@ -73,3 +77,19 @@ class DeliveryUnknown(BrokerUnavailable):
     resend. A ``except BrokerUnavailable`` still catches it. Every send of a
     group-commit pipeline or a batch that was written with it gets it too.
     """
+
+
+class BatchRefused(BrokerUnavailable):
+    """Redis refused some messages of a batch (error replies) and ran the others.
+
+    Raised by ``Batch.flush`` (so on leaving ``with client.batch()``) when
+    Redis answered every command but refused at least one, an ACL that
+    forbids one channel, say. ``results`` has one item per message, in
+    order: the receiver count of a message that was delivered, or the
+    :class:`BrokerUnavailable` of one that was refused and not delivered.
+    Resend only the refused ones: the others were published.
+    """
+
+    def __init__(self, message: str, results: Sequence[int | BrokerUnavailable]) -> None:
+        super().__init__(message)
+        self.results = list(results)
