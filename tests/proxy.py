@@ -10,6 +10,9 @@ run in Redis while its client never learns the outcome: ``swallow_replies()``
 forwards the client's bytes and drops Redis's answers (the client times out),
 and ``close_after_reply()`` forwards the client's bytes, waits for Redis's
 answer, drops it and closes the connection (the client reads end of file).
+``delay_replies()`` makes a reply late instead: Redis's answers are held until
+the client writes its next command, then passed on after it, as when a reply
+arrives just after its client gave up waiting and moved on.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class _Pair:
         self.closed = False
         self.swallow = False  # drop what Redis sends back
         self.cut = False  # drop Redis's next answer, then close both ends
+        self.delay = False  # hold Redis's answers until the client writes again
+        self.held: list[bytes] = []
 
     def close(self) -> None:
         self.closed = True
@@ -77,6 +82,14 @@ class FreezingProxy:
                 pair.cut = True
             return len(live)
 
+    def delay_replies(self) -> int:
+        """On every connection open now, hold the replies until the client's next command."""
+        with self._lock:
+            live = [p for p in self._pairs if not p.closed]
+            for pair in live:
+                pair.delay = True
+            return len(live)
+
     def connections(self) -> int:
         """Number of connections open and not frozen."""
         with self._lock:
@@ -117,6 +130,15 @@ class FreezingProxy:
                         return
                     if pair.frozen:
                         return  # drop it: the flow is dead from here on
+                    if pair.delay:
+                        if sock is pair.upstream:
+                            pair.held.append(data)
+                            continue
+                        if pair.held:  # the next command: the late replies follow it
+                            pair.upstream.sendall(data)
+                            pair.client.sendall(b"".join(pair.held))
+                            pair.delay, pair.held = False, []
+                            continue
                     if sock is pair.upstream and (pair.swallow or pair.cut):
                         if pair.cut:
                             pair.close()  # the command ran; its client gets end of file

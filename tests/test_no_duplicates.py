@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio.connection
 
 from sigbroker import Client, Signal
 from sigbroker.devserver import DevServer
@@ -233,3 +234,44 @@ def test_a_refused_send_is_retried_until_redis_is_back(
     assert outcome == [0]
     # The restarted server ran that PUBLISH exactly once.
     assert _publish_calls(server.url) == 1
+
+
+#: How long the test lets an asend wait for a reply before cancelling it.
+CANCEL_AFTER_S = 0.3
+
+
+@pytest.mark.parametrize("redis_py", ["disconnects", "keeps_the_connection"])
+def test_a_cancelled_asend_leaves_no_reply_for_the_next_one(
+    proxy: FreezingProxy,
+    subscribe: Callable[[str], Subscriber],
+    namespace: str,
+    redis_py: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The cancelled asend's reply arrives late, right after the next command
+    # was written on its connection: that command must not take it as its own.
+    # redis-py closes a connection whose read was cancelled, an undocumented
+    # behaviour: the client must not depend on it.
+    if redis_py == "keeps_the_connection":
+        real_read = redis.asyncio.connection.Connection.read_response
+
+        async def keeping(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return await real_read(self, *args, **{**kwargs, "disconnect_on_error": False})
+
+        monkeypatch.setattr(redis.asyncio.connection.Connection, "read_response", keeping)
+    client = Client(proxy.url, namespace=namespace)
+    sub = subscribe(client.channel(once))
+
+    async def main() -> int:
+        try:
+            assert await client.asend("nobody.listens", n=0) == 0  # a pooled connection
+            assert proxy.delay_replies() >= 1
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.asend("nobody.listens", n=1), CANCEL_AFTER_S)
+            return await client.asend(once, n=2)  # one subscriber: its reply is 1
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == 1
+    with client:
+        assert _settle(sub, client, last=3) == [2]

@@ -397,7 +397,9 @@ class Client:
 
         Getting a healthy connection (connect, or replace a pooled one that
         Redis closed) is retried; once the command is being written, an error
-        raises :class:`DeliveryUnknown` and nothing is retried.
+        raises :class:`DeliveryUnknown` and nothing is retried. Cancelling it
+        (``asyncio.wait_for``, say) once the command is being written closes
+        its connection, so no later send reads this one's reply.
         """
         frames = _frame(self._command(signal), self.encode(signal, sender, kwargs))
         pool: Any = self._async_redis().connection_pool  # redis-py leaves it untyped
@@ -420,6 +422,13 @@ class Client:
                 raise self._delivery_unknown(exc) from exc
             except redis.RedisError as exc:
                 raise self._unavailable(exc, attempt + 1) from exc
+            except BaseException:
+                # Cancelled (asyncio.wait_for, a task group) or interrupted
+                # once the command may have been written: its reply may still
+                # come, and the next command on this connection would read it
+                # as its own. The connection goes, whatever cancels us again.
+                await asyncio.shield(conn.disconnect(nowait=True))
+                raise
             finally:
                 await pool.release(conn)
 
