@@ -22,11 +22,14 @@ import pytest
 
 from sigbroker import Client
 from sigbroker.errors import BrokerUnavailable
+from sigbroker.testing import InMemoryBroker
 from tests.app.signals import user_registered
 from tests.helpers import WorkerProcess, wait_for
 
 #: Bound on a child's whole run; a child that hangs fails the test past it.
 CHILD_TIMEOUT_S = 60.0
+#: Bound on a child that sends a few messages (it waits on nothing of the parent's).
+FORK_RESET_TIMEOUT_S = 20.0
 
 
 @pytest.fixture
@@ -243,3 +246,38 @@ def test_a_queued_send_waits_a_bounded_time_and_the_lead_survives(
             first.join(30)
         assert leader == [0]
         assert client.send("a.b", n=2) == 0  # the publisher is free again
+
+
+class _InOrder(list[Any]):
+    """Live clients kept in creation order, so that the fork hook meets them in that order."""
+
+    def add(self, client: Any) -> None:
+        self.append(client)
+
+
+def test_an_in_memory_broker_does_not_stop_the_fork_reset_of_other_clients(
+    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch, forked: list[int]
+) -> None:
+    # The in-memory broker comes first, so a failure of its reset would leave
+    # the real client with the parent's locks: held at the fork, they would
+    # never be released in the child.
+    monkeypatch.setattr("sigbroker.client._LIVE_CLIENTS", _InOrder())
+    memory = InMemoryBroker(deliver=False)
+    client = Client(redis_url, namespace=namespace)
+    try:
+        with memory._publisher._lock, client._publisher._mutex:  # type: ignore[attr-defined]
+            pid = _fork()
+            if pid == 0:
+                _in_child(
+                    lambda: (
+                        client.send("a.b", n=1) == 0
+                        and memory.send("a.b", n=2) == 0
+                        and len(memory.sent) == 1
+                    )
+                )
+            forked.append(pid)
+        assert _exit_code(pid, timeout=FORK_RESET_TIMEOUT_S) == 0
+        assert client.send("a.b", n=3) == 0  # the parent's own locks were let go
+    finally:
+        client.close()
+        memory.close()

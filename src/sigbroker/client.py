@@ -247,7 +247,10 @@ def _after_fork_in_child() -> None:
     the send path pays nothing for fork safety.
     """
     for client in list(_LIVE_CLIENTS):
-        client._after_fork()
+        try:
+            client._after_fork()
+        except Exception:  # one client's failure must not leave the others' parent state
+            logger.exception("Could not reset %r after fork", client)
 
 
 if hasattr(os, "register_at_fork"):  # every platform that can fork

@@ -156,6 +156,12 @@ class _MemoryPublisher:
     def close(self) -> None:
         """Nothing to close: there is no connection."""
 
+    def _after_fork(self) -> None:
+        """In a forked child: new locks, and nothing pending (the parent delivers its own)."""
+        self._pending = collections.deque()
+        self._lock = threading.Lock()
+        self._delivering = threading.Lock()
+
 
 @contextlib.contextmanager
 def in_memory(*, deliver: bool = True, secret: SecretSetting = None) -> Iterator[InMemoryBroker]:
