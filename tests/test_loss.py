@@ -140,3 +140,42 @@ def test_a_flood_of_garbage_costs_a_few_log_lines_and_loses_nothing(
     assert stats["rejected_by"] == {"invalid": garbage}
     rejected_lines = [line for line in worker.output().splitlines() if "Rejected" in line]
     assert 1 <= len(rejected_lines) <= 10, rejected_lines
+
+
+def test_clients_of_one_namespace_on_two_servers_number_their_messages_apart(
+    redis_factory: Callable[[], DevServer], namespace: str
+) -> None:
+    # One process sends to two Redis servers under the same namespace: each
+    # server's subscribers must see 1, 2, 3... with no gap (a gap is a loss).
+    servers = [redis_factory(), redis_factory()]
+    per_server = 10
+    channel = f"{namespace}:{everything.name}"
+    connections = [redis.Redis.from_url(s.url) for s in servers]
+    subs = [r.pubsub(ignore_subscribe_messages=True) for r in connections]  # type: ignore[no-untyped-call]
+    clients = [Client(s.url, namespace=namespace) for s in servers]
+    try:
+        for sub in subs:
+            sub.subscribe(channel)
+        for r in connections:
+            wait_for(lambda r=r: dict(r.pubsub_numsub(channel)).get(channel.encode()), 10, "sub")
+        for n in range(per_server):
+            for client in clients:
+                assert client.send(everything, n=n) == 1
+        codec = Codec()
+        for sub in subs:
+            seqs: list[int] = []
+
+            def enough(sub: Any = sub, seqs: list[int] = seqs) -> bool:
+                while (message := sub.get_message(timeout=0.1)) is not None:
+                    seqs.append(codec.decode(message["data"]).seq)
+                return len(seqs) >= per_server
+
+            wait_for(enough, 10, f"{per_server} messages")
+            assert seqs == list(range(1, per_server + 1))
+    finally:
+        for client in clients:
+            client.close()
+        for sub in subs:
+            sub.close()
+        for r in connections:
+            r.close()

@@ -303,6 +303,12 @@ class Client:
         self.redis = redis.Redis(connection_pool=self.pool)
         self._prefix = f"{self.namespace}:"
         self._channels: dict[str, str] = {}
+        # Sequence numbers count per Redis server and channel: the workers of
+        # each server see only what was published there. Pub/sub ignores the
+        # database number and the user, so only the address makes the server.
+        kwargs = self.pool.connection_kwargs
+        self._server = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        self._sequence_keys: dict[str, str] = {}
         self._commands: dict[str, bytes] = {}
         self._publisher = _Publisher(self)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
@@ -344,16 +350,26 @@ class Client:
     def encode(self, signal: SignalRef, sender: object, kwargs: Mapping[str, Any]) -> bytes:
         """Check and encode one message; raises PayloadError and publishes nothing.
 
-        Its sequence number counts on the signal's channel, as the workers
-        that subscribe to that channel see them.
+        Its sequence number counts on the signal's channel of this client's
+        Redis server, as the workers that subscribe to that channel there see
+        them: two clients of one namespace on two servers count apart.
         """
         if type(signal) is str:
-            return self.codec.pack(signal, sender_reference(sender), kwargs, self.channel(signal))
+            return self.codec.pack(
+                signal, sender_reference(sender), kwargs, self._sequence_key(signal)
+            )
         assert isinstance(signal, Signal)
         if signal.providing_args is not None:
             signal.validate(kwargs)
         name = signal.name
-        return self.codec.pack(name, sender_reference(sender), kwargs, self.channel(name))
+        return self.codec.pack(name, sender_reference(sender), kwargs, self._sequence_key(name))
+
+    def _sequence_key(self, name: str) -> str:
+        # What the process's sequence counter of signal ``name`` is kept under.
+        key = self._sequence_keys.get(name)
+        if key is None:
+            key = self._sequence_keys[name] = f"{self._server} {self.channel(name)}"
+        return key
 
     def _command(self, signal: SignalRef) -> bytes:
         # The PUBLISH command up to the message, framed once per signal.
