@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import logging
 
-from sigbroker import Signal, Worker
-from sigbroker.broker import BACKOFF_MAX_S, compute_backoff
+import pytest
+import redis
+
+from sigbroker import Client, Signal, Worker
+from sigbroker.broker import BACKOFF_MAX_S, Subscription, compute_backoff
 from sigbroker.errors import ConfigurationError
+
+#: A password that must never reach a log line.
+LOG_SECRET = "log-secret-pw"
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:
@@ -36,3 +42,25 @@ def test_worker_without_receivers_is_a_clear_error(redis_url: str) -> None:
 def test_concurrency_must_be_positive() -> None:
     with pytest.raises(ConfigurationError):
         Worker(concurrency=0)
+
+
+def test_subscription_log_lines_never_show_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    # redis-py's error texts may quote the URL or a piece of it: the worker
+    # log gets them scrubbed, like every error the client raises.
+    url = f"redis://127.0.0.1:1/0?password={LOG_SECRET}"
+    client = Client(url, namespace="units")
+    sub = Subscription(client, {"units:a.b": lambda data: None})
+    failures: list[int] = []
+
+    def broken() -> None:
+        failures.append(1)
+        if len(failures) >= 2:
+            sub.stop()
+        raise redis.ConnectionError(f"could not reach {url} (password {LOG_SECRET})")
+
+    sub._connect = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.DEBUG, logger="sigbroker"):
+        sub.run()
+    assert "Subscription to" in caplog.text and "lost" in caplog.text
+    assert LOG_SECRET not in caplog.text
+    client.close()

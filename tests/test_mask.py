@@ -15,6 +15,8 @@ from sigbroker.cli import cli
 from sigbroker.client import mask_url
 from sigbroker.devserver import DevServer, free_port
 from sigbroker.errors import BrokerUnavailable, ConfigurationError
+from tests.app.signals import user_registered
+from tests.helpers import WorkerProcess, wait_for
 
 SECRET = "hunter2xyz"
 
@@ -112,11 +114,7 @@ def test_ping_of_an_unreachable_url_masks_the_query_password() -> None:
 def guarded_redis(redis_factory: Callable[[], DevServer]) -> DevServer:
     """A redis-server with a password for the default user and an ACL user ``alice``."""
     server = redis_factory()
-    with redis.Redis.from_url(server.url) as r:
-        r.acl_setuser(
-            "alice", enabled=True, passwords=[f"+{SECRET}"], keys=["*"], commands=["+@all"]
-        )
-        r.config_set("requirepass", SECRET)
+    _guard(server)
     return server
 
 
@@ -135,3 +133,30 @@ def test_a_wrong_query_password_gives_a_masked_error(guarded_redis: DevServer) -
     result = CliRunner().invoke(cli, ["--url", url, "ping"])
     assert result.exit_code == 1
     assert SECRET not in result.output and "wrong-" not in result.output
+
+
+def _guard(server: DevServer) -> None:
+    with redis.Redis.from_url(server.url) as r:
+        r.acl_setuser(
+            "alice", enabled=True, passwords=[f"+{SECRET}"], keys=["*"], commands=["+@all"]
+        )
+        r.config_set("requirepass", SECRET)
+
+
+def test_a_worker_log_never_shows_the_query_password(
+    guarded_redis: DevServer, start_worker: Callable[..., WorkerProcess], namespace: str
+) -> None:
+    # The worker logs its URL, then loses Redis (killed, restarted without
+    # its password for a while: refused AUTH), then resubscribes.
+    worker = start_worker(f"{guarded_redis.url}?password={SECRET}")
+    worker.wait_subscribed(f"{namespace}:{user_registered.name}")
+    guarded_redis.kill()
+    wait_for(lambda: "Subscription to" in worker.output(), 15, "the worker to see the loss")
+    guarded_redis.start()
+    wait_for(lambda: worker.output().count("lost") >= 2, 15, "a refused reconnection")
+    _guard(guarded_redis)
+    wait_for(lambda: "Resubscribed to" in worker.output(), 30, "the worker to resubscribe")
+    worker.stop()
+    log = worker.output()
+    assert "password=***" in log
+    assert SECRET not in log

@@ -7,6 +7,7 @@ hiredis made unimportable (redis-py's parser), and under gevent monkey-patching.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
@@ -143,6 +144,14 @@ def _in_flight_and_not_run(log: str) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
+def _abandoned_stats(log: str) -> dict[str, Any]:
+    """The counters of an abandoning worker's last log line."""
+    found = re.findall(r"Worker \S+ stopped, abandoning what was logged: (\{.*\})", log)
+    assert found, log[-4000:]
+    stats: dict[str, Any] = ast.literal_eval(found[-1])
+    return stats
+
+
 def _send_blocks(
     redis_url: str, namespace: str, worker: WorkerProcess, concurrency: int
 ) -> list[str]:
@@ -187,6 +196,7 @@ def test_past_the_shutdown_timeout_the_worker_exits_and_logs_what_it_abandons(
         f"{block.name} (message {ids[token]})" for token in started
     )
     assert not_run == BEHIND_THE_BLOCK
+    assert _abandoned_stats(log)["lost"] == BEHIND_THE_BLOCK  # published, never to run
     assert len(worker.records()) == concurrency  # nothing behind the block ran
     with Client(redis_url, namespace=namespace) as client:
         assert list_workers(client) == []
@@ -216,6 +226,7 @@ def test_a_second_signal_exits_at_once_and_logs_what_it_abandons(
         f"{block.name} (message {ids[token]})" for token in started
     )
     assert not_run == BEHIND_THE_BLOCK
+    assert _abandoned_stats(log)["lost"] == BEHIND_THE_BLOCK
     with Client(redis_url, namespace=namespace) as client:
         assert list_workers(client) == []
     _assert_clean_log(worker)
@@ -248,6 +259,7 @@ def test_embedded_stop_past_the_timeout_reports_the_abandon(
                     assert worker.stop(30) is False
                 assert worker.abandoned
                 assert f"messages received and not run: {BEHIND_THE_BLOCK}" in caplog.text
+                assert worker.stats.lost == BEHIND_THE_BLOCK
                 assert list_workers(client) == []
             finally:
                 release.set()
@@ -255,3 +267,49 @@ def test_embedded_stop_past_the_timeout_reports_the_abandon(
     finally:
         held.disconnect(on_held)
     assert sorted(started) == list(range(concurrency))
+
+
+def test_after_stop_now_a_late_pulse_does_not_bring_the_heartbeat_back(
+    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pulse is held while it builds a heartbeat record, past the moment
+    # the abandoning stop removed the heartbeat: let go, it must not write it.
+    monkeypatch.setattr("sigbroker.broker.PULSE_INTERVAL_S", 0.05)
+    gate, held_pulse = threading.Event(), threading.Event()
+    pulses: list[threading.Thread] = []
+
+    def on_held(sender: object, n: int, **kwargs: Any) -> None:
+        pass
+
+    held.connect(on_held)
+    try:
+        with Client(redis_url, namespace=namespace) as client:
+            worker = Worker(client, signals=[held])
+            real_heartbeat = worker.heartbeat
+
+            def heartbeat() -> dict[str, Any]:
+                if worker._stop_now_requested:
+                    pulses.append(threading.current_thread())
+                    held_pulse.set()
+                    gate.wait(60)
+                return real_heartbeat()
+
+            monkeypatch.setattr(worker, "heartbeat", heartbeat)
+            worker.start()
+            try:
+                assert worker.wait_ready(10)
+                wait_for(lambda: list_workers(client), 10, "a heartbeat")
+                worker.stop_now()
+                wait_for(held_pulse.is_set, 10, "the pulse to be held")
+                thread = worker._thread
+                assert thread is not None
+                thread.join(EXIT_WAIT_S)
+                assert not thread.is_alive() and worker.abandoned
+                assert list_workers(client) == []
+            finally:
+                gate.set()
+            pulses[0].join(EXIT_WAIT_S)
+            assert not pulses[0].is_alive()
+            assert list_workers(client) == []
+    finally:
+        held.disconnect(on_held)

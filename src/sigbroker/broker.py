@@ -74,6 +74,10 @@ POOL_BACKLOG_PER_THREAD = 4
 ABANDON_COUNT_LIMIT = 100_000
 #: Longest an abandoning stop waits for the reader to leave the buffers it counts.
 ABANDON_LOCK_S = 1.0
+#: Longest an abandoning stop waits for the pulse thread to end.
+ABANDON_PULSE_JOIN_S = 0.5
+#: Connect and reply timeout of the abandoning stop's one attempt to remove the heartbeat.
+ABANDON_REDIS_TIMEOUT_S = 1.0
 
 #: Channels below the namespace whose names start with this are the worker's own.
 INTERNAL_PREFIX = "__"
@@ -273,7 +277,7 @@ class Subscription:
                             "Subscription to %s lost while stopping (%s): "
                             "messages still on their way to this worker are lost",
                             mask_url(self.client.url),
-                            exc or type(exc).__name__,
+                            self.client._detail(exc),
                         )
                     break
                 attempt += 1
@@ -281,7 +285,7 @@ class Subscription:
                 logger.warning(
                     "Subscription to %s lost (%s); reconnecting in %.2fs",
                     mask_url(self.client.url),
-                    exc or type(exc).__name__,
+                    self.client._detail(exc),
                     delay,
                 )
                 self._sleep(delay)
@@ -399,7 +403,9 @@ class Subscription:
                 continue
             heard_at = time.monotonic()
             if isinstance(reply, Exception):
-                raise redis.ConnectionError(f"Redis refused to unsubscribe: {reply}")
+                raise redis.ConnectionError(
+                    f"Redis refused to unsubscribe: {self.client._scrub(str(reply))}"
+                )
             kind = reply[0]
             if kind == b"message":
                 routes[reply[1]](reply[2])
@@ -434,9 +440,13 @@ class Subscription:
 
     def _control(self, reply: Any) -> None:
         if isinstance(reply, Exception):
-            raise redis.ConnectionError(f"Redis refused the subscription: {reply}")
+            raise redis.ConnectionError(
+                f"Redis refused the subscription: {self.client._scrub(str(reply))}"
+            )
         if type(reply) is not list or not reply:
-            raise redis.ConnectionError(f"unexpected reply on the subscription: {reply!r:.80}")
+            raise redis.ConnectionError(
+                f"unexpected reply on the subscription: {self.client._scrub(repr(reply)):.80}"
+            )
         kind = reply[0]
         if kind == b"pmessage" and self.on_pattern is not None:
             self.on_pattern(reply[2], reply[3])
@@ -676,6 +686,9 @@ class Worker:
         not_run = sub.abandon()
         if pool is not None:
             not_run += pool.cancel()
+        # Published, received and never to run: lost, like a gap in a sequence.
+        with self.stats.lock:
+            self.stats.lost += not_run
         dispatcher = self._dispatcher
         in_flight = dispatcher.in_flight() if dispatcher is not None else []
         logger.error(
@@ -693,12 +706,15 @@ class Worker:
         # reverse: the pulse and its heartbeat, the pool, the dispatcher.
         self._stop.set()
         logger.debug("Worker %s: stopping the pulse", self.id)
-        pulse.join(timeout=PULSE_INTERVAL_S + 1)
+        pulse.join(timeout=ABANDON_PULSE_JOIN_S if self.abandoned else PULSE_INTERVAL_S + 1)
         logger.debug("Worker %s: removing the heartbeat", self.id)
-        try:
-            self.client.call(lambda r: r.delete(self._heartbeat_key))
-        except BrokerUnavailable as exc:
-            logger.debug("Could not remove the heartbeat: %s", exc)
+        if self.abandoned:
+            self._delete_heartbeat_once()
+        else:
+            try:
+                self.client.call(lambda r: r.delete(self._heartbeat_key))
+            except BrokerUnavailable as exc:
+                logger.debug("Could not remove the heartbeat: %s", exc)
         if pool is not None and not self.abandoned:
             logger.debug("Worker %s: stopping the receivers' threads", self.id)
             pool.close()
@@ -716,6 +732,20 @@ class Worker:
         logger.debug("Worker %s: stopping the async loop", self.id)
         self._loop.close()
         logger.info("Worker %s stopped: %s", self.id, self.stats.as_dict())
+
+    def _delete_heartbeat_once(self) -> None:
+        # An abandoning stop exits at once: one short attempt, no retries.
+        client = self.client
+        conn: Any = None
+        try:
+            conn = resp2_connection(client.pool, timeout_s=ABANDON_REDIS_TIMEOUT_S)
+            conn.send_command("DEL", self._heartbeat_key)
+            conn.read_response()
+        except (redis.RedisError, OSError) as exc:
+            logger.debug("Could not remove the heartbeat: %s", client._detail(exc))
+        finally:
+            if conn is not None:
+                conn.disconnect()
 
     @property
     def _heartbeat_key(self) -> str:
@@ -750,8 +780,11 @@ class Worker:
                 logger.debug("Probe not sent: %s", exc)
             if self._dispatcher is not None:
                 self._dispatcher.settle()  # gaps missing long enough count as lost
+            record = json.dumps(self.heartbeat())
+            if self._stop.is_set():
+                break  # the stop removes the heartbeat: a late write would bring it back
             try:
-                self._write_heartbeat(json.dumps(self.heartbeat()))
+                self._write_heartbeat(record)
             except BrokerUnavailable as exc:
                 logger.debug("Heartbeat not written: %s", exc)
             self._stop.wait(PULSE_INTERVAL_S)

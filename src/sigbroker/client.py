@@ -5,7 +5,8 @@ A :class:`Client` turns ``send(signal, sender, **kwargs)`` into one PUBLISH on
 Errors that happen before any byte of a command was written (refused,
 connect timeout, a pooled connection that Redis closed while it was idle) are
 retried with a short backoff until ``timeout_s`` has passed, then raised as
-:class:`~sigbroker.errors.BrokerUnavailable`: a send never hangs. A send whose
+:class:`~sigbroker.errors.BrokerUnavailable`: a send never hangs (the bound
+of a whole send is in :class:`Client`'s docstring). A send whose
 command was written and then got no reply is never retried (Redis may have run
 it): it raises :class:`~sigbroker.errors.DeliveryUnknown`. Every redis-py
 exception is translated here, at the boundary, and its text is scrubbed of the
@@ -201,7 +202,7 @@ def _pool_options(connect_timeout_s: float, socket_timeout_s: float) -> dict[str
     }
 
 
-def resp2_connection(pool: redis.ConnectionPool) -> Any:
+def resp2_connection(pool: redis.ConnectionPool, *, timeout_s: float | None = None) -> Any:
     """Open a connection with ``pool``'s options (AUTH, TLS, SELECT) that speaks RESP2.
 
     The publisher and the subscription read their replies off the socket
@@ -210,9 +211,12 @@ def resp2_connection(pool: redis.ConnectionPool) -> Any:
     notification handlers in ``pool.connection_kwargs``; on a RESP2 connection
     without hiredis they raise "only supported with hiredis and RESP3 parsers".
     They are switched off explicitly, rather than filtered by name, so that a
-    pool handler among the options is ignored too.
+    pool handler among the options is ignored too. ``timeout_s``, if given,
+    replaces the pool's connect and socket timeouts.
     """
     options = {**pool.connection_kwargs, "protocol": 2}
+    if timeout_s is not None:
+        options["socket_connect_timeout"] = options["socket_timeout"] = timeout_s
     if MaintNotificationsConfig is not None:
         options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     # redis-py leaves Connection's methods untyped; treat it as Any here.
@@ -264,12 +268,15 @@ class Client:
     ``redis://localhost:6379/0``); ``rediss://`` URLs, passwords and ACL users
     work as in redis-py. ``secret`` signs every message (a list rotates keys:
     the first signs). A connection error is retried up to ``retries`` times
-    with a short backoff, and a send never takes longer than about
-    ``timeout_s`` before :class:`BrokerUnavailable`; a send whose command was
-    written but not answered raises :class:`DeliveryUnknown` and is not
-    retried. Thread-safe: share one client per process. Fork-safe: a child
-    forked after the client was used (gunicorn ``--preload``,
-    multiprocessing) opens its own connections.
+    with a short backoff within ``timeout_s``; a send raises
+    :class:`BrokerUnavailable` at the latest after ``timeout_s +
+    connect_timeout_s + 2 * socket_timeout_s`` (one round trip: 22 s with the
+    defaults), or :data:`FOLLOWER_WAIT_ROUNDS` times that when it is queued
+    behind other threads' sends (66 s). A send whose command was written but
+    not answered raises :class:`DeliveryUnknown` and is not retried.
+    Thread-safe: share one client per process. Fork-safe: a child forked
+    after the client was used (gunicorn ``--preload``, multiprocessing) opens
+    its own connections.
     """
 
     def __init__(
