@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -15,6 +18,7 @@ import pytest
 from sigbroker import Client, Signal
 from sigbroker.errors import PayloadError
 from sigbroker.testing import InMemoryBroker, in_memory
+from tests.helpers import ROOT
 
 order_placed = Signal(providing_args=["order_id", "total", "at"])
 
@@ -248,3 +252,30 @@ def test_sends_from_many_threads_are_all_delivered_once(
             thread.join()
     assert sorted(n for _, n in orders) == list(range(200))
     assert len(broker.sent) == 200 and broker.stats.processed == 200
+
+
+def test_in_memory_needs_no_hiredis() -> None:
+    # The pure-Python install: hiredis made unimportable in a fresh interpreter.
+    script = (
+        "import sigbroker.testing as t, sigbroker.client as c\n"
+        "assert c.hiredis is None\n"
+        "from sigbroker import Signal\n"
+        "sig = Signal(name='tests.no_hiredis.sig')\n"
+        "got = []\n"
+        "sig.connect(lambda sender, **kw: got.append(kw['n']), weak=False)\n"
+        "with t.in_memory() as broker:\n"
+        "    with broker.batch() as batch:\n"
+        "        batch.send(sig, n=1)\n"
+        "        batch.send(sig, n=2)\n"
+        "    assert broker.publish('sigbroker:tests.no_hiredis.sig', b'junk') == 1\n"
+        "assert got == [1, 2], got\n"
+        "assert batch.results == [1, 1] and broker.stats.rejected == 1\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "no_hiredis"), str(ROOT)]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr

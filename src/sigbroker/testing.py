@@ -34,15 +34,9 @@ from .client import Client, SignalRef
 from .codec import Envelope
 from .config import SecretSetting
 from .dispatch import Dispatcher, EventLoopThread
-from .errors import ConfigurationError, InvalidMessage
+from .errors import InvalidMessage
 from .signal import Signal, all_signals
 from .stats import Stats
-
-hiredis: Any
-try:
-    import hiredis
-except ImportError:  # pragma: no cover - hiredis is a dependency; a stripped install may lack it
-    hiredis = None
 
 __all__ = ["InMemoryBroker", "in_memory"]
 
@@ -112,8 +106,6 @@ class _MemoryPublisher:
     """
 
     def __init__(self, broker: InMemoryBroker) -> None:
-        if hiredis is None:
-            raise ConfigurationError("sigbroker.testing needs hiredis: pip install hiredis")
         self._broker = broker
         self._pending: collections.deque[tuple[list[Signal], bytes]] = collections.deque()
         self._lock = threading.Lock()  # guards _pending and the recording in ``sent``
@@ -121,12 +113,7 @@ class _MemoryPublisher:
 
     def publish(self, frames: bytes, count: int = 1, many: bool = False) -> Any:
         """Deliver ``count`` framed PUBLISH commands; return the count, or the list of counts."""
-        reader = hiredis.Reader()
-        reader.feed(frames)
-        commands = [reader.gets() for _ in range(count)]
-        for command in commands:
-            if not (isinstance(command, list) and len(command) == 3 and command[0] == b"PUBLISH"):
-                raise ValueError(f"not a PUBLISH command: {command!r}")
+        commands = _publish_commands(frames, count)
         counts = []
         with self._lock:
             for _, channel, data in commands:
@@ -161,6 +148,33 @@ class _MemoryPublisher:
         self._pending = collections.deque()
         self._lock = threading.Lock()
         self._delivering = threading.Lock()
+
+
+_PUBLISH_HEAD = b"*3\r\n$7\r\nPUBLISH\r\n"
+
+
+def _publish_commands(frames: bytes, count: int) -> list[tuple[bytes, bytes, bytes]]:
+    """Split ``count`` PUBLISH commands, as the client frames them, into their parts.
+
+    Only the client's own frames come here, so a small reader of that one
+    shape does (and needs no hiredis).
+    """
+    commands = []
+    at = 0
+    for _ in range(count):
+        if not frames.startswith(_PUBLISH_HEAD, at):
+            raise ValueError(f"not a PUBLISH command: {frames[at : at + 40]!r}")
+        at += len(_PUBLISH_HEAD)
+        parts = []
+        for _ in range(2):  # the channel, then the message: $<length>\r\n<bytes>\r\n
+            end = frames.index(b"\r\n", at)
+            size = int(frames[at + 1 : end])
+            parts.append(frames[end + 2 : end + 2 + size])
+            at = end + 2 + size + 2
+        commands.append((b"PUBLISH", parts[0], parts[1]))
+    if at != len(frames):
+        raise ValueError("bytes left after the PUBLISH commands")
+    return commands
 
 
 @contextlib.contextmanager
