@@ -3,8 +3,9 @@
 The layout is in the docstring of :mod:`sigbroker.codec`, which publishes
 :data:`VERSION` as ``FORMAT_VERSION``. The decoder reads the current
 version's fields with one lookup and checks their types inline; a map of the
-previous version (a sender not yet upgraded) takes a second lookup, and only
-a map that fails both is examined again, to say what is wrong with it.
+previous version (a sender not yet upgraded) is read as the current one with
+sequence 0, and only a map that fails is examined again, to say what is
+wrong with it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ _REQUIRED: Final = {
     PREVIOUS_VERSION: frozenset(_FIELD_TYPES) - {"h", "n"},
 }
 _FIELDS: Final = operator.itemgetter("v", "i", "s", "r", "t", "o", "n", "k")
-_FIELDS_V1: Final = operator.itemgetter("v", "i", "s", "r", "t", "o", "k")
 #: The header of a bin of each size that fits in a bin8, made once.
 BIN8: Final = [b"\xc4" + bytes([size]) for size in range(0x100)]
 
@@ -77,25 +77,19 @@ def read_fields(fields: Any) -> RawFields:
 
 
 def _read_previous(fields: Any) -> RawFields:
-    try:
-        version, message_id, signal, sender, sent_at, origin_, body = _FIELDS_V1(fields)
-    except (KeyError, TypeError):
-        raise field_error(fields) from None
-    if (
-        version == PREVIOUS_VERSION
-        and type(version) is int
-        and type(message_id) is str
-        and message_id
-        and type(signal) is str
-        and signal
-        and (sender is None or type(sender) is str)
-        and (type(sent_at) is float or type(sent_at) is int)
-        and math.isfinite(sent_at)
-        and type(origin_) is str
-        and type(body) is bytes
-        and _signature_ok(fields, 7)
-    ):
-        return message_id, signal, sender, float(sent_at), origin_, 0, body
+    # A map of the previous version is the current one without a sequence:
+    # read it as that, with sequence 0, and explain a failure in its own terms.
+    previous = (
+        type(fields) is dict
+        and type(fields.get("v")) is int
+        and fields["v"] == PREVIOUS_VERSION
+        and "n" not in fields
+    )
+    if previous:
+        try:
+            return read_fields({**fields, "v": VERSION, "n": 0})
+        except InvalidMessage:
+            pass
     raise field_error(fields)
 
 
