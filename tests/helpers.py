@@ -122,6 +122,11 @@ class WorkerProcess:
         """Wait for the worker to exit; return its exit code."""
         return self.proc.wait(timeout=timeout)
 
+    def warm_stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM, as a deploy stops it; return whether it exited 0 (nothing abandoned)."""
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout) == 0
+
     def stop(self) -> None:
         """Stop the worker (kill it if it will not stop); safe to call twice."""
         if self.proc.poll() is None:
@@ -132,3 +137,67 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self._log_file.close()
+
+
+class InProcessWorker:
+    """A :class:`~sigbroker.Worker` in a thread of the test process, read like a WorkerProcess.
+
+    It runs the receivers of ``tests.app.receivers`` (imported here) on the
+    client's transport; its log lines (tracebacks included) are collected
+    for :meth:`output`, and its receivers record to ``out`` as a worker
+    process's do.
+    """
+
+    def __init__(self, client: Any, out: Path, monkeypatch: Any) -> None:
+        import logging
+
+        import tests.app.receivers  # noqa: F401 - connects the receivers
+        from sigbroker import Worker
+        from sigbroker.signal import all_signals
+
+        monkeypatch.setenv("SIGBROKER_TEST_OUT", str(out))
+        self.out = out
+        self._lines: list[str] = []
+        self._handler = logging.Handler(logging.DEBUG)
+        formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+        self._handler.emit = lambda rec: self._lines.append(formatter.format(rec))  # type: ignore[method-assign]
+        self._logger = logging.getLogger("sigbroker")
+        self._level = self._logger.level
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.DEBUG)
+        signals = [
+            s for s in all_signals() if s.name.startswith("tests.app.") and s.has_remote_receivers()
+        ]
+        self.worker = Worker(client, signals=signals)
+        self.worker.start()
+
+    def wait_subscribed(self, channel: str = "", timeout: float = 15.0) -> None:
+        """Wait until the worker receives."""
+        assert self.worker.wait_ready(timeout), "the in-process worker did not start"
+
+    def records(self) -> list[dict[str, Any]]:
+        """Everything the receivers recorded so far."""
+        return read_records(self.out)
+
+    def wait_records(self, n: int, timeout: float = 10.0, **match: Any) -> list[dict[str, Any]]:
+        """Wait until at least ``n`` records matching ``match`` exist; return them."""
+
+        def found() -> list[dict[str, Any]]:
+            rows = [r for r in self.records() if all(r.get(k) == v for k, v in match.items())]
+            return rows if len(rows) >= n else []
+
+        return wait_for(found, timeout, f"{n} records matching {match}")
+
+    def output(self) -> str:
+        """The worker's log lines so far."""
+        return "\n".join(self._lines)
+
+    def warm_stop(self, timeout: float = 30.0) -> bool:
+        """Stop warmly; return whether everything received ran."""
+        return self.worker.stop(timeout)
+
+    def stop(self) -> None:
+        """Stop the worker; safe to call twice."""
+        self.worker.stop(10)
+        self._logger.removeHandler(self._handler)
+        self._logger.setLevel(self._level)

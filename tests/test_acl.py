@@ -70,7 +70,7 @@ def test_a_refused_user_gets_a_clear_error_without_the_password(
 def reply_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run with the client's hiredis reply reader, and with redis-py's parser instead."""
     if request.param == "redis-py-parser":
-        monkeypatch.setattr("sigbroker.client.hiredis", None)
+        monkeypatch.setattr("sigbroker.transport.redis_endpoint.hiredis", None)
     return str(request.param)
 
 
@@ -146,7 +146,7 @@ def test_a_refused_send_in_a_pipeline_fails_only_that_sender(
     # behind it: they then go as one pipeline, allowed and refused mixed.
     with _listener(_alice(acl_server), f"{namespace}:ok.a") as sub:
         with Client(half_allowed_url, namespace=namespace) as client:
-            publisher = client._publisher
+            publisher = client.transport._publisher
             real = publisher._round_trip
             release = threading.Event()
             calls: list[int] = []

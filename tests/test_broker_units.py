@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from sigbroker import Client, Signal, Worker
-from sigbroker.broker import BACKOFF_MAX_S, Subscription, compute_backoff
+from sigbroker.backoff import BACKOFF_MAX_S, compute_backoff
 from sigbroker.errors import ConfigurationError
 
 #: A password that must never reach a log line.
@@ -49,7 +49,7 @@ def test_subscription_log_lines_never_show_the_password(caplog: pytest.LogCaptur
     # log gets them scrubbed, like every error the client raises.
     url = f"redis://127.0.0.1:1/0?password={LOG_SECRET}"
     client = Client(url, namespace="units")
-    sub = Subscription(client, {"units:a.b": lambda data: None})
+    sub = client.transport.source({"units:a.b": lambda data, done=None: None})
     failures: list[int] = []
 
     def broken() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sigbroker import Client, Signal, Worker
+from sigbroker.transport.redis_pubsub import RedisPubSub
 from tests.helpers import wait_for
 
 embedded = Signal(providing_args=["n"])
@@ -41,10 +42,9 @@ def test_embedded_worker_delivers_in_order_and_stops(
     concurrency: int,
     received: list[tuple[Any, int, str]],
 ) -> None:
-    with Client(redis_url, namespace=namespace) as client:
-        worker = Worker(
-            client, signals=[embedded], concurrency=concurrency, use_hiredis=use_hiredis
-        )
+    transport = RedisPubSub(redis_url, use_hiredis=use_hiredis)
+    with Client(namespace=namespace, transport=transport) as client:
+        worker = Worker(client, signals=[embedded], concurrency=concurrency)
         worker.start()
         try:
             assert worker.wait_ready(10)

@@ -178,7 +178,7 @@ def test_fork_with_a_round_trip_in_flight_and_sends_queued(
     # The worst moment, made certain: the child inherits a publisher whose
     # leader is mid round trip with three senders queued behind it.
     with Client(redis_url, namespace=namespace) as client:
-        publisher = client._publisher
+        publisher = client.transport._publisher
         real = publisher._round_trip
         release = threading.Event()
         calls: list[int] = []
@@ -219,7 +219,7 @@ def test_a_queued_send_waits_a_bounded_time_and_the_lead_survives(
     redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Client(redis_url, namespace=namespace) as client:
-        publisher = client._publisher
+        publisher = client.transport._publisher
         real = publisher._round_trip
         release = threading.Event()
         calls: list[int] = []
@@ -261,11 +261,11 @@ def test_an_in_memory_broker_does_not_stop_the_fork_reset_of_other_clients(
     # The in-memory broker comes first, so a failure of its reset would leave
     # the real client with the parent's locks: held at the fork, they would
     # never be released in the child.
-    monkeypatch.setattr("sigbroker.client._LIVE_CLIENTS", _InOrder())
+    monkeypatch.setattr("sigbroker.transport.base._RESET_IN_CHILD", _InOrder())
     memory = InMemoryBroker(deliver=False)
     client = Client(redis_url, namespace=namespace)
     try:
-        with memory._publisher._lock, client._publisher._mutex:  # type: ignore[attr-defined]
+        with memory.memory._lock, client.transport._publisher._mutex:  # type: ignore[attr-defined]
             pid = _fork()
             if pid == 0:
                 _in_child(

@@ -44,7 +44,7 @@ def reply_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     if request.param == "hiredis":
         pytest.importorskip("hiredis")
     else:
-        monkeypatch.setattr("sigbroker.client.hiredis", None)
+        monkeypatch.setattr("sigbroker.transport.redis_endpoint.hiredis", None)
     return str(request.param)
 
 
@@ -80,7 +80,7 @@ def test_sends_queued_behind_a_round_trip_go_as_one_pipeline(
     redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Client(redis_url, namespace=namespace) as client:
-        publisher = client._publisher
+        publisher = client.transport._publisher
         real = publisher._round_trip
         release = threading.Event()
         sizes: list[int] = []
@@ -115,7 +115,7 @@ def test_every_queued_sender_gets_the_error(
 ) -> None:
     server = redis_factory()
     with Client(server.url, namespace=namespace, timeout_s=1) as client:
-        publisher = client._publisher
+        publisher = client.transport._publisher
         real = publisher._round_trip
         release = threading.Event()
         calls: list[int] = []

@@ -104,7 +104,7 @@ def test_a_send_written_then_unanswered_is_not_retried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if parser == "redis-py":  # the publisher reads replies with redis-py's parser instead
-        monkeypatch.setattr("sigbroker.client.hiredis", None)
+        monkeypatch.setattr("sigbroker.transport.redis_endpoint.hiredis", None)
     with Client(proxy.url, namespace=namespace, socket_timeout_s=0.5, timeout_s=5) as client:
         sub = subscribe(client.channel(once))
         assert client.send(once, n=1) == 1  # the publisher's connection is open
@@ -123,7 +123,7 @@ def test_every_send_of_a_written_pipeline_gets_delivery_unknown(
 ) -> None:
     with Client(proxy.url, namespace=namespace, socket_timeout_s=0.5, timeout_s=5) as client:
         sub = subscribe(client.channel(once))
-        publisher = client._publisher
+        publisher = client.transport._publisher
         real = publisher._round_trip
         release = threading.Event()
         calls: list[int] = []
@@ -224,7 +224,7 @@ def test_a_refused_send_is_retried_until_redis_is_back(
         except Exception as exc:  # handed to the test thread
             outcome.append(exc)
 
-    with caplog.at_level(logging.DEBUG, logger="sigbroker.client"):
+    with caplog.at_level(logging.DEBUG, logger="sigbroker.transport"):
         thread = threading.Thread(target=sender)
         thread.start()
         wait_for(lambda: "retry 2 " in caplog.text, 15, "two refused attempts")

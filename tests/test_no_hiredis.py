@@ -68,10 +68,10 @@ def _run(*args: str) -> str:
 def test_the_shadow_module_hides_hiredis_from_redis_py_and_sigbroker() -> None:
     out = _run(
         "-c",
-        "import redis.utils, sigbroker.broker, sigbroker.client;"
-        "print(redis.utils.HIREDIS_AVAILABLE, sigbroker.broker.hiredis, sigbroker.client.hiredis)",
+        "import redis.utils, sigbroker.client, sigbroker.transport.redis_endpoint as e;"
+        "print(redis.utils.HIREDIS_AVAILABLE, e.hiredis, sigbroker.Client('redis://h').transport.use_hiredis)",
     )
-    assert out.split() == ["False", "None", "None"]
+    assert out.split() == ["False", "None", "False"]
 
 
 def test_worker_without_hiredis_subscribes_and_receives(

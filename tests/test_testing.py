@@ -257,8 +257,8 @@ def test_sends_from_many_threads_are_all_delivered_once(
 def test_in_memory_needs_no_hiredis() -> None:
     # The pure-Python install: hiredis made unimportable in a fresh interpreter.
     script = (
-        "import sigbroker.testing as t, sigbroker.client as c\n"
-        "assert c.hiredis is None\n"
+        "import sigbroker.testing as t, sigbroker.transport.redis_endpoint as e\n"
+        "assert e.hiredis is None\n"
         "from sigbroker import Signal\n"
         "sig = Signal(name='tests.no_hiredis.sig')\n"
         "got = []\n"

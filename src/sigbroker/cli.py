@@ -432,14 +432,14 @@ def ping(opts: Options) -> None:
         version = client.server_info().get("redis_version", "?")
         click.echo(f"PONG from {mask_url(client.url)} (Redis {version}) in {rtt * 1000:.2f} ms")
         try:
-            found = client.call(lambda r: r.config_get("client-output-buffer-limit"))
+            found = client.transport.setting("client-output-buffer-limit")
         except SigbrokerError:  # CONFIG is often refused on managed Redis
             click.echo(
                 "Note: could not read client-output-buffer-limit (CONFIG GET refused); "
                 "check its pubsub class with your provider (see the README)"
             )
             return
-        warning = output_buffer_warning(str(found.get("client-output-buffer-limit", "")))
+        warning = output_buffer_warning(found or "")
         if warning:
             click.echo(f"Warning: {warning}")
 

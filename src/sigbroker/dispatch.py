@@ -1,10 +1,13 @@
-"""The dispatcher: one encoded message in, the local receivers called.
+"""The dispatcher: one encoded message in, the local receivers called, an outcome out.
 
-Every message source of the worker (the pub/sub subscription today, a
-durable stream later) hands its raw bytes to :meth:`Dispatcher.handle`, which
-decodes and verifies them, finds the receivers in the local registry and calls
-them with ``send_robust`` semantics: a receiver that raises is logged with its
-traceback and counted, and the others still run. Nothing here talks to Redis.
+Every source of the worker (a pub/sub subscription, an in-memory source, a
+durable stream later) hands the raw bytes of a channel's messages to the
+handler :meth:`Dispatcher.handler` made for its signal, which decodes and
+verifies them, finds the receivers in the local registry and calls them with
+``send_robust`` semantics: a receiver that raises is logged with its traceback
+and counted, and the others still run. Each message ends in an
+:class:`~sigbroker.transport.base.Outcome`, returned and, for a source that
+acknowledges, reported through its ``done`` callback. Nothing here talks to Redis.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from .sequences import Sequences
 from .signal import Signal
 from .stats import Stats
 from .throttle import Throttle
+from .transport.base import Done, Handler, Outcome
 
 __all__ = ["REPLAY_WINDOW_S", "Dispatcher", "EventLoopThread", "Submit"]
 
 #: How a worker runs receivers elsewhere: it is given a function that calls them.
 Submit = Callable[[Callable[[], None]], None]
 #: Calls a signal's receivers for one message: (cell, sender reference, arguments, id).
-Caller = Callable[[list[str | None], str | None, dict[str, Any], str], None]
+Caller = Callable[[list[str | None], str | None, dict[str, Any], str], Outcome]
+
+PROCESSED, FAILED, REJECTED = Outcome.PROCESSED, Outcome.FAILED, Outcome.REJECTED
 
 #: With a secret, messages sent longer ago than this (or as far ahead) are replays.
 REPLAY_WINDOW_S = 300.0
@@ -114,7 +120,7 @@ class Dispatcher:
         self.max_age_s = max_age_s
         self.throttle = Throttle(logger)
         self._cells: list[tuple[str, list[str | None]]] = []
-        self._handlers: dict[Signal, Callable[[bytes], None]] = {}
+        self._handlers: dict[Signal, Handler] = {}
         self._lock = threading.Lock()
         self._sequences: list[Sequences] = []
         self._seen_ids: dict[str, float] = {}
@@ -135,7 +141,7 @@ class Dispatcher:
         self.throttle.flush()
         return lost
 
-    def handle(self, signal: Signal, data: bytes) -> None:
+    def handle(self, signal: Signal, data: bytes) -> Outcome | None:
         """Dispatch one message that arrived on ``signal``'s channel; never raises.
 
         The handler is made once per signal and kept, with its sequence state.
@@ -143,18 +149,20 @@ class Dispatcher:
         handler = self._handlers.get(signal)
         if handler is None:
             handler = self._handlers[signal] = self.handler(signal)
-        handler(data)
+        return handler(data)
 
-    def handler(self, signal: Signal, submit: Submit | None = None) -> Callable[[bytes], None]:
+    def handler(self, signal: Signal, submit: Submit | None = None) -> Handler:
         """The function that dispatches the messages of ``signal``'s channel.
 
         The returned function decodes and checks each message in the calling
         thread, in the order they arrive (sequence numbers are tracked
         there). With ``submit``, the receivers are not called there:
         ``submit`` is given a function without arguments that calls them (a
-        thread pool's, say). It is the worker's per-message path, so
-        everything that does not change between messages is looked up once,
-        here.
+        thread pool's, say). It returns the message's outcome, or None when
+        it was submitted; ``done``, if the source gives one, is called with the
+        outcome once the receivers returned, in whatever thread ran them. It
+        is the worker's per-message path, so everything that does not change
+        between messages is looked up once, here.
         """
         read = self.codec.read
         name = signal.name
@@ -171,19 +179,25 @@ class Dispatcher:
         cell = self._cell(name)
         cells = threading.local()
 
-        def pooled(sender_ref: str | None, kwargs: dict[str, Any], message_id: str) -> None:
+        def pooled(
+            sender_ref: str | None, kwargs: dict[str, Any], message_id: str, done: Done | None
+        ) -> None:
             try:
                 mine = cells.cell
             except AttributeError:
                 mine = cells.cell = self._cell(name)
-            call(mine, sender_ref, kwargs, message_id)
+            outcome = call(mine, sender_ref, kwargs, message_id)
+            if done is not None:
+                done(outcome)
 
-        def handle(data: bytes) -> None:
+        def handle(data: bytes, done: Done | None = None) -> Outcome | None:
             try:
                 signal_name, sender_ref, kwargs, message_id, sent_at, origin, seq = read(data)
             except InvalidMessage as exc:
                 reject(name, exc.reason, str(exc))
-                return
+                if done is not None:
+                    done(REJECTED)
+                return REJECTED
             if (
                 seq
                 and highest.get(origin) == seq - 1
@@ -194,11 +208,16 @@ class Dispatcher:
             ):
                 highest[origin] = seq  # the common case: the next message of a known origin
             elif not admit(sequences, signal_name, kwargs, message_id, sent_at, origin, seq):
-                return
+                if done is not None:
+                    done(REJECTED)
+                return REJECTED
             if submit is None:
-                call(cell, sender_ref, kwargs, message_id)
-            else:
-                submit(lambda: pooled(sender_ref, kwargs, message_id))
+                outcome = call(cell, sender_ref, kwargs, message_id)
+                if done is not None:
+                    done(outcome)
+                return outcome
+            submit(lambda: pooled(sender_ref, kwargs, message_id, done))
+            return None
 
         return handle
 
@@ -223,7 +242,7 @@ class Dispatcher:
 
         def call(
             cell: list[str | None], sender_ref: str | None, kwargs: dict[str, Any], message_id: str
-        ) -> None:
+        ) -> Outcome:
             cell[0] = message_id
             sender, sync_receivers, async_receivers = receivers_for(sender_ref)
             failed = 0
@@ -248,6 +267,7 @@ class Dispatcher:
                 with lock:
                     stats.processed += 1
                     stats.failed += failed
+            return FAILED if failed else PROCESSED
 
         return call
 

@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .broker import INTERNAL_PREFIX, Subscription
+from .broker import INTERNAL_PREFIX
 from .client import Client
 from .errors import InvalidMessage
+from .transport.base import Done, Handler, Outcome
 
 __all__ = ["Listener", "describe", "to_json"]
 
@@ -65,19 +66,24 @@ class Listener:
         self._prefix = f"{client.namespace}:"
         if signal_names:
             routes = {client.channel(n): self._route(client.channel(n)) for n in signal_names}
-            self.subscription = Subscription(client, routes)
+            self.source = client.transport.source(routes)
         else:
-            self.subscription = Subscription(
-                client, {}, patterns=[self._prefix + "*"], on_pattern=self._on_pattern
+            self.source = client.transport.source(
+                {}, patterns=[self._prefix + "*"], on_pattern=self._on_pattern
             )
 
     def run(self) -> None:
         """Print messages until ``count`` of them were shown (or forever)."""
-        self.subscription.run()
+        self.source.run()
 
-    def _route(self, channel: str) -> Callable[[bytes], None]:
+    def _route(self, channel: str) -> Handler:
         raw = channel.encode()
-        return lambda data: self._on_pattern(raw, data)
+
+        def route(data: bytes, done: Done | None = None) -> Outcome | None:
+            self._on_pattern(raw, data)
+            return None
+
+        return route
 
     def _on_pattern(self, channel: bytes, data: bytes) -> None:
         name = channel.decode(errors="replace")
@@ -113,4 +119,4 @@ class Listener:
         if self.remaining is not None:
             self.remaining -= 1
             if self.remaining <= 0:
-                self.subscription.stop()
+                self.source.stop()

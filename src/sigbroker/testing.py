@@ -2,11 +2,14 @@
 
 Eager mode (``configure(eager=True)``) calls receivers exactly like
 ``django.dispatch``. :func:`in_memory` goes one step closer to production:
-every send is encoded by the real client, "published" to an in-memory
-stand-in for Redis, decoded by the real codec (so a payload that would fail
-on the wire fails in the test, and receivers get what a worker would give
-them: a sender reference, decoded values), recorded, and delivered to the
-local receivers by the worker's own dispatcher::
+every send is encoded by the real client, published on an in-memory
+transport (:mod:`sigbroker.transport.memory`) instead of Redis, recorded,
+and received by a real :class:`~sigbroker.broker.Worker` running in a thread
+of the test process, which decodes it with the real codec (so a payload that
+would fail on the wire fails in the test, and receivers get what a worker
+would give them: a sender reference, decoded values) and calls the local
+receivers through its dispatcher. A send returns once those receivers, and
+those of every message they sent in turn, have run::
 
     from sigbroker.testing import in_memory
 
@@ -23,158 +26,115 @@ of them opens a connection.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from . import config
-from .client import Client, SignalRef
+from .broker import Worker
+from .client import Client
 from .codec import Envelope
 from .config import SecretSetting
-from .dispatch import Dispatcher, EventLoopThread
 from .errors import InvalidMessage
 from .signal import Signal, all_signals
 from .stats import Stats
+from .transport.base import reset_after_fork
+from .transport.memory import MemoryTransport
 
 __all__ = ["InMemoryBroker", "in_memory"]
 
+#: Longest a test waits for the in-memory worker to start or stop.
+WORKER_START_TIMEOUT_S = 10.0
+
 
 class InMemoryBroker(Client):
-    """A client whose Redis is this process: every message is recorded and delivered here.
+    """A client on an in-memory transport, with a worker of this process receiving.
 
     Sending is the real :class:`~sigbroker.client.Client`'s (validation,
-    encoding, ``batch()``, ``publish()``); only the connection is replaced by
-    an in-memory publisher. ``sent`` lists the decoded envelopes in order.
-    With ``deliver=True`` each message reaches the receivers of this process
-    at once, through the worker's dispatcher: failures are logged and counted
+    encoding, ``batch()``, ``publish()``, ``asend``). ``sent`` lists the
+    decoded envelopes of everything published, in order. With
+    ``deliver=True`` a real :class:`~sigbroker.broker.Worker` receives every
+    signal that has a receiver in this process (it is restarted when a
+    receiver of a new signal is connected): failures are logged and counted
     in ``stats``, not raised, and bytes that are not a valid message are
-    rejected and counted there, as a worker would. A send returns 1 when
-    this process has a receiver for the signal (it acts as one worker), else 0.
+    rejected and counted there, as in production. A send returns 1 when this
+    process has a receiver for the signal (it acts as one worker), else 0.
     """
 
     def __init__(self, *, deliver: bool = True, secret: SecretSetting = None) -> None:
-        # The URL is never connected to: every message goes to _MemoryPublisher.
-        super().__init__("redis://in-memory.invalid:6379/0", secret=secret)
+        self.memory = _Transport(self)
+        super().__init__("memory://", secret=secret, transport=self.memory)
         self.deliver = deliver
-        self.sent: list[Envelope] = []
         self.stats = Stats()
-        self._loop = EventLoopThread()
-        self._dispatcher = Dispatcher(self.codec, self.stats, self._loop)
-        self._handlers: dict[Signal, Callable[[bytes], None]] = {}
-        self._publisher = _MemoryPublisher(self)  # type: ignore[assignment]
+        self._envelopes: list[Envelope | None] = []
+        self._decoding = threading.Lock()
+        self._worker: Worker | None = None
+        self._receiving: frozenset[Signal] = frozenset()
+        self._lock = threading.Lock()
+        reset_after_fork(self)
 
-    async def asend(self, signal: SignalRef, sender: object = None, **kwargs: Any) -> int:
-        """Same as :meth:`send`: the receivers have run when it returns."""
-        return self.send(signal, sender, **kwargs)
+    @property
+    def sent(self) -> list[Envelope]:
+        """Decoded envelopes of what was published, in order (not bytes that do not decode)."""
+        with self._decoding:
+            recorded = self.memory.sent
+            for _, data in recorded[len(self._envelopes) :]:
+                try:
+                    self._envelopes.append(self.codec.decode(data))
+                except InvalidMessage:
+                    self._envelopes.append(None)
+            return [e for e in self._envelopes if e is not None]
 
-    def _route(self, channel: str, data: bytes) -> list[Signal]:
-        # Record one published message; return the local signals whose
-        # receivers get it (several signals may share a name).
-        with contextlib.suppress(InvalidMessage):
-            self.sent.append(self.codec.decode(data))
-        if not self.deliver or not channel.startswith(self._prefix):
-            return []
-        name = channel[len(self._prefix) :]
-        return [s for s in all_signals() if s.name_or_none == name and s.has_remote_receivers()]
+    def _follow_receivers(self) -> None:
+        """Have a worker receive every signal that has a receiver now (before a publish)."""
+        if not self.deliver:
+            return
+        wanted = frozenset(s for s in all_signals() if s.has_remote_receivers())
+        if wanted == self._receiving or threading.current_thread().name.startswith("sigbroker"):
+            return  # a receiver's own sends go to the worker that runs it
+        with self._lock:
+            if wanted == self._receiving:
+                return
+            self._stop_worker()
+            if wanted:
+                worker = Worker(self, signals=wanted)
+                worker.stats = self.stats
+                worker.start()
+                worker.wait_ready(WORKER_START_TIMEOUT_S)
+                self._worker = worker
+            # Last: a send that sees it finds the worker receiving.
+            self._receiving = wanted
 
-    def _dispatch(self, signal: Signal, data: bytes) -> None:
-        handler = self._handlers.get(signal)
-        if handler is None:
-            handler = self._handlers[signal] = self._dispatcher.handler(signal)
-        handler(data)
+    def _stop_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop(WORKER_START_TIMEOUT_S)
 
     def close(self) -> None:
-        """Stop the loop that runs async receivers; safe to call twice."""
-        self._loop.close()
-        self._handlers.clear()
+        """Stop the worker (after it ran what it received); safe to call twice."""
+        with self._lock:
+            self._stop_worker()
+            self._receiving = frozenset()
         super().close()
 
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's worker does not run here; a new lock."""
+        self._lock = threading.Lock()
+        self._decoding = threading.Lock()
+        self._worker = None
+        self._receiving = frozenset()
 
-class _MemoryPublisher:
-    """Stands in for the client's connection: PUBLISH commands are delivered in process.
 
-    It has the interface of the client's publisher: ``frames`` holds
-    ``count`` PUBLISH commands in Redis's protocol, one after the other.
-    Messages are delivered one at a time, in the order they were published,
-    as one worker takes them. A send returns once its messages are delivered,
-    unless another thread is delivering at that moment: that thread then
-    delivers them too before its own send returns. So a message sent by a
-    receiver (sync or async) runs after that receiver's message is done, as
-    in a worker, never inside it.
-    """
+class _Transport(MemoryTransport):
+    """The memory transport of an :class:`InMemoryBroker`: it records, and starts the worker."""
 
     def __init__(self, broker: InMemoryBroker) -> None:
+        super().__init__(record=True)
         self._broker = broker
-        self._pending: collections.deque[tuple[list[Signal], bytes]] = collections.deque()
-        self._lock = threading.Lock()  # guards _pending and the recording in ``sent``
-        self._delivering = threading.Lock()  # held by the one thread delivering
 
-    def publish(self, frames: bytes, count: int = 1, many: bool = False) -> Any:
-        """Deliver ``count`` framed PUBLISH commands; return the count, or the list of counts."""
-        commands = _publish_commands(frames, count)
-        counts = []
-        with self._lock:
-            for _, channel, data in commands:
-                targets = self._broker._route(channel.decode(), data)
-                counts.append(1 if targets else 0)
-                if targets:
-                    self._pending.append((targets, data))
-        self._deliver_pending()
-        return counts if many else counts[0]
-
-    def _deliver_pending(self) -> None:
-        # Never waits for the thread that is delivering: that thread may be
-        # waiting for this one (an async receiver that sends, on the loop's
-        # thread). It looks for pending messages again after letting go.
-        while self._pending and self._delivering.acquire(blocking=False):
-            try:
-                while True:
-                    with self._lock:
-                        if not self._pending:
-                            break
-                        targets, data = self._pending.popleft()
-                    for signal in targets:
-                        self._broker._dispatch(signal, data)
-            finally:
-                self._delivering.release()
-
-    def close(self) -> None:
-        """Nothing to close: there is no connection."""
-
-    def _after_fork(self) -> None:
-        """In a forked child: new locks, and nothing pending (the parent delivers its own)."""
-        self._pending = collections.deque()
-        self._lock = threading.Lock()
-        self._delivering = threading.Lock()
-
-
-_PUBLISH_HEAD = b"*3\r\n$7\r\nPUBLISH\r\n"
-
-
-def _publish_commands(frames: bytes, count: int) -> list[tuple[bytes, bytes, bytes]]:
-    """Split ``count`` PUBLISH commands, as the client frames them, into their parts.
-
-    Only the client's own frames come here, so a small reader of that one
-    shape does (and needs no hiredis).
-    """
-    commands = []
-    at = 0
-    for _ in range(count):
-        if not frames.startswith(_PUBLISH_HEAD, at):
-            raise ValueError(f"not a PUBLISH command: {frames[at : at + 40]!r}")
-        at += len(_PUBLISH_HEAD)
-        parts = []
-        for _ in range(2):  # the channel, then the message: $<length>\r\n<bytes>\r\n
-            end = frames.index(b"\r\n", at)
-            size = int(frames[at + 1 : end])
-            parts.append(frames[end + 2 : end + 2 + size])
-            at = end + 2 + size + 2
-        commands.append((b"PUBLISH", parts[0], parts[1]))
-    if at != len(frames):
-        raise ValueError("bytes left after the PUBLISH commands")
-    return commands
+    def publish(self, channel: str, data: bytes) -> int:
+        self._broker._follow_receivers()
+        return super().publish(channel, data)
 
 
 @contextlib.contextmanager

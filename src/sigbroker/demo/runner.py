@@ -199,8 +199,8 @@ def _choose_redis(url: str | None, stack: contextlib.ExitStack) -> tuple[str, st
 def _wait_subscribed(client: Client, worker: _WorkerProcess, channels: list[str]) -> None:
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
     while True:
-        counts = client.call(lambda r: r.pubsub_numsub(*channels))
-        if all(int(n) > 0 for _, n in counts):
+        counts = client.channels()
+        if all(counts.get(channel, 0) > 0 for channel in channels):
             return
         worker.check_alive()
         if time.monotonic() > deadline:
