@@ -8,7 +8,6 @@ imports modules and needs no Redis. Each prints a table, or JSON with
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -41,6 +40,12 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def _echo_json(value: object) -> None:
+    import json  # deferred: only --json needs it, and --help stays fast
+
+    click.echo(json.dumps(value))
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     if seconds < 60:
@@ -68,7 +73,7 @@ def channels(opts: Options, as_json: bool) -> None:
         {"channel": ch, "signal": ch[len(prefix) :], "subscribers": n} for ch, n in live.items()
     ]
     if as_json:
-        click.echo(json.dumps(rows))
+        _echo_json(rows)
     elif not rows:
         click.echo(f"No live channels in namespace {client.namespace!r}")
     else:
@@ -90,42 +95,31 @@ def workers(opts: Options, as_json: bool) -> None:
     with opts.client() as client:
         found = list_workers(client)
     if as_json:
-        click.echo(json.dumps(found))
+        _echo_json(found)
         return
     if not found:
         click.echo(f"No live workers in namespace {client.namespace!r}")
         return
     now = time.time()
-    rows = [
-        (
-            w.get("id", "?"),
-            w.get("host", "?"),
-            w.get("pid", "?"),
-            _duration(now - float(w.get("started_at", now))),
-            len(w.get("signals", [])),
-            w.get("processed", 0),
-            w.get("failed", 0),
-            w.get("rejected", 0),
-            w.get("lost", "?"),  # a worker of an older version does not count it
-            w.get("resubscribes", 0),
-            f"{_duration(now - float(w.get('last_seen', now)))} ago",
-        )
-        for w in found
-    ]
-    headers = [
-        "ID",
-        "HOST",
-        "PID",
-        "UPTIME",
-        "SIGNALS",
-        "PROCESSED",
-        "FAILED",
-        "REJECTED",
-        "LOST",
-        "RESUBSCRIBES",
-        "LAST SEEN",
-    ]
-    click.echo(table(headers, rows))
+    rows = [_worker_columns(w, now) for w in found]
+    click.echo(table(list(rows[0]), [list(row.values()) for row in rows]))
+
+
+def _worker_columns(heartbeat: dict[str, Any], now: float) -> dict[str, object]:
+    # Header and value side by side, in the table's order.
+    return {
+        "ID": heartbeat.get("id", "?"),
+        "HOST": heartbeat.get("host", "?"),
+        "PID": heartbeat.get("pid", "?"),
+        "UPTIME": _duration(now - float(heartbeat.get("started_at", now))),
+        "SIGNALS": len(heartbeat.get("signals", [])),
+        "PROCESSED": heartbeat.get("processed", 0),
+        "FAILED": heartbeat.get("failed", 0),
+        "REJECTED": heartbeat.get("rejected", 0),
+        "LOST": heartbeat.get("lost", "?"),  # a worker of an older version does not count it
+        "RESUBSCRIBES": heartbeat.get("resubscribes", 0),
+        "LAST SEEN": f"{_duration(now - float(heartbeat.get('last_seen', now)))} ago",
+    }
 
 
 @click.command()
@@ -162,7 +156,7 @@ def inspect(opts: Options, modules: tuple[str, ...], as_json: bool) -> None:
             }
         )
     if as_json:
-        click.echo(json.dumps(rows))
+        _echo_json(rows)
         return
     lines = []
     for row in rows:

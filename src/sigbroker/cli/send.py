@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +42,8 @@ def send(
 
 def parse_arguments(pairs: Sequence[str], json_text: str | None) -> dict[str, Any]:
     """Build keyword arguments from ``-a key=value`` pairs and ``--json``."""
+    import json  # deferred: --help stays fast
+
     kwargs: dict[str, Any] = {}
     if json_text is not None:
         try:
