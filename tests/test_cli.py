@@ -16,7 +16,9 @@ import redis
 from click.testing import CliRunner
 
 from sigbroker import Client
-from sigbroker.cli import cli, output_buffer_warning, parse_arguments
+from sigbroker.cli import cli
+from sigbroker.cli.inspection import output_buffer_warning
+from sigbroker.cli.send import parse_arguments
 from sigbroker.devserver import DevServer
 from sigbroker.errors import BrokerUnavailable
 from tests.app.signals import User, user_registered
@@ -180,7 +182,9 @@ def test_secret_file_and_the_warning_for_secret_on_the_command_line(
     path = tmp_path / "secret"
     path.write_text("first-secret\n\n  old-secret  \n")
     seen: list[Any] = []
-    monkeypatch.setattr("sigbroker.cli.Options.client", lambda self: seen.append(self.secrets))
+    monkeypatch.setattr(
+        "sigbroker.cli.context.Options.client", lambda self: seen.append(self.secrets)
+    )
     quiet = runner.invoke(cli, ["--secret-file", str(path), "inspect", "-A", "tests.app.signals"])
     assert quiet.exit_code == 0 and "Warning" not in quiet.output
     visible = runner.invoke(cli, ["--secret", "a,b", "inspect", "-A", "tests.app.signals"])

@@ -3,6 +3,9 @@
 A listener is a subscriber like any worker (it counts in ``send``'s return
 value while it runs) that calls no receivers: it prints each message, or why
 the decoder rejected it.
+
+The ``listen`` command itself is in :mod:`sigbroker.cli.inspection`; it imports
+this module only when it runs, because this one imports the client and redis.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .broker import INTERNAL_PREFIX
-from .client import Client
-from .errors import InvalidMessage
-from .transport.base import Done, Handler, Outcome
+from ..broker import INTERNAL_PREFIX
+from ..client import Client
+from ..errors import InvalidMessage
+from ..transport.base import Done, Handler, Outcome
 
 __all__ = ["Listener", "describe", "to_json"]
 
