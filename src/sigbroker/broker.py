@@ -30,8 +30,9 @@ from typing import Any
 
 import redis
 
+from ._aio import EventLoopThread
 from .client import Client, mask_url, resp2_connection
-from .dispatch import REPLAY_WINDOW_S, Dispatcher, EventLoopThread
+from .dispatch import REPLAY_WINDOW_S, Dispatcher
 from .errors import BrokerUnavailable, ConfigurationError
 from .signal import Signal, all_signals
 from .stats import Stats
@@ -559,7 +560,7 @@ class Worker:
         if self._client is None:
             from .config import default_client
 
-            self._client = default_client()
+            self._client = default_client(Client)
         return self._client
 
     @property

@@ -40,7 +40,7 @@ from redis.retry import Retry
 from .codec import DEFAULT_LIMITS, Codec, Limits
 from .config import SecretSetting, normalize_secrets, settings
 from .errors import BatchRefused, BrokerUnavailable, ConfigurationError, DeliveryUnknown
-from .signal import Signal, sender_reference
+from .naming import SignalLike, sender_reference
 
 hiredis: Any
 try:
@@ -99,7 +99,7 @@ _SECRET_PIECES = re.compile(r"[/?#@:&=]")
 
 T = TypeVar("T")
 
-SignalRef = Signal | str
+SignalRef = SignalLike | str
 
 
 def mask_url(url: str) -> str:
@@ -365,7 +365,7 @@ class Client:
             return self.codec.pack(
                 signal, sender_reference(sender), kwargs, self._sequence_key(signal)
             )
-        assert isinstance(signal, Signal)
+        assert not isinstance(signal, str)
         if signal.providing_args is not None:
             signal.validate(kwargs)
         name = signal.name

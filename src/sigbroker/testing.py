@@ -30,10 +30,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import config
+from ._aio import EventLoopThread
 from .client import Client, SignalRef
 from .codec import Envelope
 from .config import SecretSetting
-from .dispatch import Dispatcher, EventLoopThread
+from .dispatch import Dispatcher
 from .errors import InvalidMessage
 from .signal import Signal, all_signals
 from .stats import Stats
