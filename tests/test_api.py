@@ -31,12 +31,19 @@ def test_error_tree() -> None:
 
 
 def test_signal_and_codec_work_without_redis() -> None:
-    # signal.py and codec.py never import redis, not even through the package.
+    # The core never imports redis or the client, not even through the package,
+    # and an eager send (sync and async receivers) does not either.
     code = (
         "import sys\n"
-        "import sigbroker.signal, sigbroker.codec\n"
+        "import sigbroker.signal, sigbroker.codec, sigbroker.naming, sigbroker.routing\n"
         "from sigbroker import Signal, receiver, configure\n"
-        "assert not [m for m in sys.modules if m == 'redis' or m.startswith('redis.')], "
-        "sorted(m for m in sys.modules if m.startswith('redis'))\n"
+        "configure(eager=True)\n"
+        "ping = Signal()\n"
+        "async def pong(**kwargs): return 2\n"
+        "ping.connect(lambda **kwargs: 1, weak=False)\n"
+        "ping.connect(pong)\n"
+        "assert [r for _, r in ping.send(sender=None)] == [1, 2]\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('redis', 'sigbroker.client')))\n"
+        "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

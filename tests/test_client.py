@@ -131,7 +131,7 @@ def test_signal_asend_uses_the_default_client(redis_url: str, namespace: str) ->
         try:
             return await declared.asend(sender=None, a=1, b=2)
         finally:
-            await default_client().aclose()
+            await default_client(Client).aclose()
 
     assert asyncio.run(main()) == 0
 

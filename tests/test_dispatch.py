@@ -12,8 +12,9 @@ import pytest
 
 from sigbroker import Signal
 from sigbroker import sequences as sequences_module
+from sigbroker._aio import EventLoopThread
 from sigbroker.codec import Codec, Envelope
-from sigbroker.dispatch import Dispatcher, EventLoopThread
+from sigbroker.dispatch import Dispatcher
 from sigbroker.sequences import MAX_OPEN_GAPS, MAX_SETTLED_GAPS
 from sigbroker.stats import Stats
 from sigbroker.throttle import Throttle

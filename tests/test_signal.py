@@ -17,13 +17,9 @@ import pytest
 
 from sigbroker import config
 from sigbroker.errors import ConfigurationError, PayloadError
-from sigbroker.signal import (
-    Signal,
-    all_signals,
-    describe_receivers,
-    receiver,
-    sender_reference,
-)
+from sigbroker.naming import sender_reference
+from sigbroker.routing import describe_receivers
+from sigbroker.signal import Signal, all_signals, receiver
 
 #: Module-level signals: their names are derived from this module.
 order_placed = Signal(providing_args=["order_id", "total"])

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from sigbroker.signal import Signal, sender_reference
+from sigbroker.naming import sender_reference
+from sigbroker.signal import Signal
 
 
 class Order:

@@ -428,7 +428,7 @@ def test_eager_mode_from_the_environment(sig: Signal, monkeypatch: pytest.Monkey
 # -- published mode: the default client -----------------------------------------------
 
 
-def _no_client() -> Any:
+def _no_client(factory: object) -> Any:
     raise AssertionError("eager mode must not build a client")
 
 
@@ -456,7 +456,7 @@ class FakeClient:
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClient]:
     fake = FakeClient()
-    monkeypatch.setattr(config, "default_client", lambda: fake)
+    monkeypatch.setattr(config, "default_client", lambda factory: fake)
     yield fake
 
 
@@ -519,7 +519,7 @@ def test_send_raises_what_the_client_raises(sig: Signal, client: FakeClient) -> 
 def test_send_robust_survives_a_failure_to_build_the_client(
     monkeypatch: pytest.MonkeyPatch, errors: pytest.LogCaptureFixture
 ) -> None:
-    def broken() -> Any:
+    def broken(factory: object) -> Any:
         raise BrokerUnavailable("no client")
 
     monkeypatch.setattr(config, "default_client", broken)

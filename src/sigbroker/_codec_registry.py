@@ -31,6 +31,7 @@ from ._codec_types import (
     Nesting,
 )
 from .errors import ConfigurationError
+from .naming import qualified_name
 
 _new_tuple = tuple.__new__  # ExtType without its checks in Python: ours are known good
 
@@ -105,7 +106,7 @@ def register_type(
         decode = decode or cls
     if not callable(encode) or not callable(decode):
         raise TypeError(f"register_type({cls.__qualname__}) needs encode and decode functions")
-    wire_name = _qualified(cls) if name is None else name
+    wire_name = qualified_name(cls) if name is None else name
     if not isinstance(wire_name, str) or not 0 < len(wire_name.encode()) <= 255:
         raise ConfigurationError(f"a type name must be a string of 1 to 255 bytes: {wire_name!r}")
     prefix = b"\x92" + msgpack.packb(wire_name)
@@ -113,7 +114,7 @@ def register_type(
     with _REGISTRY_LOCK:
         holder = BY_NAME.get(wire_name)
         if holder is not None and holder.cls is not cls:
-            if _qualified(holder.cls) != _qualified(cls):
+            if qualified_name(holder.cls) != qualified_name(cls):
                 raise ConfigurationError(
                     f"the type name {wire_name!r} is already registered for {holder.cls!r}"
                 )
@@ -125,10 +126,6 @@ def register_type(
         KINDS[cls] = REGISTERED
         DEFAULTS[cls] = registration.default
         LEAVES.discard(cls)
-
-
-def _qualified(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _forget(cls: type) -> None:

@@ -26,8 +26,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from ._aio import EventLoopThread
 from .client import Client
-from .dispatch import REPLAY_WINDOW_S, Dispatcher, EventLoopThread
+from .dispatch import REPLAY_WINDOW_S, Dispatcher
 from .errors import BrokerUnavailable, ConfigurationError
 from .pool import Pool
 from .signal import Signal, all_signals
@@ -138,7 +139,7 @@ class Worker:
         if self._client is None:
             from .config import default_client
 
-            self._client = default_client()
+            self._client = default_client(Client)
         return self._client
 
     @property

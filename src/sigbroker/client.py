@@ -16,7 +16,7 @@ from typing import Any
 
 from .codec import DEFAULT_LIMITS, Codec, Limits
 from .config import SecretSetting, normalize_secrets, settings
-from .signal import Signal, sender_reference
+from .naming import SignalLike, sender_reference
 from .transport.base import Transport
 from .transport.redis_endpoint import (
     CONNECT_TIMEOUT_S,
@@ -29,7 +29,7 @@ from .urls import mask_url
 
 __all__ = ["Batch", "Client", "mask_url"]
 
-SignalRef = Signal | str
+SignalRef = SignalLike | str
 
 
 class Client:
@@ -109,7 +109,7 @@ class Client:
             return self.codec.pack(
                 signal, sender_reference(sender), kwargs, self._sequence_key(signal)
             )
-        assert isinstance(signal, Signal)
+        assert not isinstance(signal, str)
         if signal.providing_args is not None:
             signal.validate(kwargs)
         name = signal.name

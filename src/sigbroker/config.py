@@ -13,8 +13,10 @@ the first time it is needed:
 * ``SIGBROKER_EAGER``: ``1``/``true``/``yes``/``on`` runs receivers in-process,
   exactly like ``django.dispatch``
 
-This module imports no Redis code: the default client is built on first use,
-so ``signal.py`` can depend on it and still work with no Redis installed.
+This module keeps the slot of the default client but never imports the
+client: whoever needs the default client says how to build one
+(``default_client(Client)``), so ``signal.py`` can depend on this module and
+still work with no Redis installed.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar, cast
 
 from .errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from .client import Client
-
-__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_URL", "Settings", "configure", "default_client"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_URL",
+    "ClientFactory",
+    "Settings",
+    "configure",
+    "default_client",
+]
 
 #: Where a client connects when neither configure() nor the environment says.
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -41,6 +47,24 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 
 Secret = str | bytes
 SecretSetting = Secret | Sequence[Secret] | None
+
+
+class SupportsClose(Protocol):
+    """All this module needs of a client: ``configure()`` closes the one it replaces."""
+
+    def close(self) -> None:
+        """Release the client's connections."""
+
+
+_C = TypeVar("_C", bound=SupportsClose)
+_C_co = TypeVar("_C_co", bound=SupportsClose, covariant=True)
+
+
+class ClientFactory(Protocol[_C_co]):
+    """Builds the default client from the settings: ``sigbroker.client.Client`` is one."""
+
+    def __call__(self, url: str, *, namespace: str, secret: tuple[bytes, ...]) -> _C_co:
+        """Return a new client for ``url`` and ``namespace``, signing with ``secret``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +126,7 @@ def from_environment() -> Settings:
 
 _lock = threading.Lock()
 _settings: Settings | None = None
-_client: Client | None = None
+_client: SupportsClose | None = None
 
 
 def configure(
@@ -149,22 +173,25 @@ def is_eager() -> bool:
     return (current or settings()).eager
 
 
-def default_client() -> Client:
-    """Return the client that ``Signal.send`` publishes through, building it on first use."""
+def default_client(factory: ClientFactory[_C]) -> _C:
+    """Return the client that ``Signal.send`` publishes through, building it on first use.
+
+    The first call builds it with ``factory`` from the settings; later calls
+    return that one (or the one :func:`swap_default_client` installed, which
+    must be of the kind ``factory`` builds) until :func:`configure`.
+    """
     global _client
     client = _client
-    if client is not None:
-        return client
-    current = settings()
-    from .client import Client  # deferred: keeps Redis out of signal.py's imports
-
-    with _lock:
-        if _client is None:
-            _client = Client(current.url, namespace=current.namespace, secret=current.secrets)
-        return _client
+    if client is None:
+        current = settings()
+        with _lock:
+            if _client is None:
+                _client = factory(current.url, namespace=current.namespace, secret=current.secrets)
+            client = _client
+    return cast(_C, client)
 
 
-def swap_default_client(client: Client | None) -> Client | None:
+def swap_default_client(client: SupportsClose | None) -> SupportsClose | None:
     """Install ``client`` as the default (None: build one on next use); return the old one.
 
     The old client is not closed: ``sigbroker.testing`` puts it back afterwards.

@@ -16,19 +16,20 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
+from collections.abc import Callable
 from typing import Any
 
+from ._aio import EventLoopThread
 from .codec import Codec
 from .errors import ConfigurationError, InvalidMessage
+from .naming import callable_name
 from .sequences import Sequences
 from .signal import Signal
 from .stats import Stats
 from .throttle import Throttle
 from .transport.base import Done, Handler, Outcome
 
-__all__ = ["REPLAY_WINDOW_S", "Dispatcher", "EventLoopThread", "Submit"]
+__all__ = ["REPLAY_WINDOW_S", "Dispatcher", "Submit"]
 
 #: How a worker runs receivers elsewhere: it is given a function that calls them.
 Submit = Callable[[Callable[[], None]], None]
@@ -45,51 +46,6 @@ MAX_SEEN_IDS = 100_000
 _now = time.time
 
 logger = logging.getLogger(__name__)
-
-
-class EventLoopThread:
-    """An asyncio loop in a daemon thread, where async receivers run.
-
-    Started on first use, so a worker with only sync receivers never starts it.
-    """
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``coro`` on the loop and wait for its result."""
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
-        return future.result()
-
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is not None:
-            return loop
-        with self._lock:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(
-                    target=self._loop.run_forever, name="sigbroker-async", daemon=True
-                )
-                self._thread.start()
-            return self._loop
-
-    def close(self) -> None:
-        """Stop the loop and its thread; safe to call twice."""
-        with self._lock:
-            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        if not thread.is_alive():
-            loop.close()
-
-
-def _qualname(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 class Dispatcher:
@@ -253,7 +209,7 @@ class Dispatcher:
                     failed += 1
                     logger.exception(
                         "Error calling %s for %s (message %s)",
-                        _qualname(receiver),
+                        callable_name(receiver),
                         name,
                         message_id,
                     )
@@ -335,7 +291,7 @@ class Dispatcher:
                 failed += 1
                 logger.error(
                     "Error calling %s for %s (message %s)",
-                    _qualname(receiver),
+                    callable_name(receiver),
                     signal.name,
                     message_id,
                     exc_info=result,

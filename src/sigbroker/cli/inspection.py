@@ -143,7 +143,8 @@ def listen(opts: Options, signal_names: tuple[str, ...], as_json: bool, count: i
 @pass_options
 def inspect(opts: Options, modules: tuple[str, ...], as_json: bool) -> None:
     """List the signals MODULE defines and their receivers (no Redis needed)."""
-    from ..signal import all_signals, describe_receivers
+    from ..routing import describe_receivers
+    from ..signal import all_signals
 
     import_modules(modules)
     rows: list[dict[str, Any]] = []
