@@ -233,6 +233,32 @@ def test_every_redis_free_module_is_checked() -> None:
     assert not missing, f"no module for {missing}: update REDIS_FREE"
 
 
+def test_only_the_transport_imports_redis() -> None:
+    # The Redis side stays behind transport/: the worker (broker.py), the
+    # dispatcher, the client and the CLI speak to the Transport interface.
+    outside = [
+        f"{module} imports {i.target} at line {i.line}"
+        for module, found in IMPORTS.items()
+        if not module.startswith(f"{PACKAGE}.transport.")
+        for i in found
+        if i.target in REDIS_LIBRARIES
+    ]
+    assert outside == [], outside
+
+
+def test_the_worker_and_the_dispatcher_speak_only_to_the_interface() -> None:
+    # A new delivery mode is a module under transport/: the worker may know
+    # the interface (transport.base), never a particular transport.
+    for name in ("broker", "dispatch", "pool"):
+        found = [i.target for i in IMPORTS[f"{PACKAGE}.{name}"]]
+        particular = [
+            t
+            for t in found
+            if t.startswith(f"{PACKAGE}.transport.") and t != f"{PACKAGE}.transport.base"
+        ]
+        assert particular == [], f"{name}.py imports {particular}"
+
+
 def test_config_never_imports_the_client() -> None:
     # Not even in a function: config keeps the default client's slot, signal.py builds it.
     clients = [i for i in IMPORTS[f"{PACKAGE}.config"] if i.target == f"{PACKAGE}.client"]
