@@ -37,7 +37,32 @@ def subscribers(url: str, channel: str) -> int:
         return int(dict(r.pubsub_numsub(channel)).get(channel.encode(), 0))
 
 
-class WorkerProcess:
+class _Recording:
+    """What a worker's receivers recorded to ``self.out`` (see tests/app/recorder.py)."""
+
+    out: Path
+
+    def output(self) -> str:
+        raise NotImplementedError
+
+    def records(self) -> list[dict[str, Any]]:
+        """Everything the worker's receivers recorded so far."""
+        return read_records(self.out)
+
+    def wait_records(self, n: int, timeout: float = 10.0, **match: Any) -> list[dict[str, Any]]:
+        """Wait until at least ``n`` records matching ``match`` exist; return them."""
+
+        def found() -> list[dict[str, Any]]:
+            rows = [r for r in self.records() if all(r.get(k) == v for k, v in match.items())]
+            return rows if len(rows) >= n else []
+
+        try:
+            return wait_for(found, timeout, f"{n} records matching {match}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- worker log ---\n{self.output()[-4000:]}") from None
+
+
+class WorkerProcess(_Recording):
     """``sigbroker worker`` in a subprocess, recording what its receivers get.
 
     ``entry`` is what follows the interpreter on the command line, before the
@@ -94,22 +119,6 @@ class WorkerProcess:
 
         wait_for(ready, timeout, "the worker to subscribe")
 
-    def records(self) -> list[dict[str, Any]]:
-        """Everything the worker's receivers recorded so far."""
-        return read_records(self.out)
-
-    def wait_records(self, n: int, timeout: float = 10.0, **match: Any) -> list[dict[str, Any]]:
-        """Wait until at least ``n`` records matching ``match`` exist; return them."""
-
-        def found() -> list[dict[str, Any]]:
-            rows = [r for r in self.records() if all(r.get(k) == v for k, v in match.items())]
-            return rows if len(rows) >= n else []
-
-        try:
-            return wait_for(found, timeout, f"{n} records matching {match}")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- worker log ---\n{self.output()[-4000:]}") from None
-
     def output(self) -> str:
         """The worker's log so far."""
         return self.log.read_text(errors="replace")
@@ -139,7 +148,7 @@ class WorkerProcess:
         self._log_file.close()
 
 
-class InProcessWorker:
+class InProcessWorker(_Recording):
     """A :class:`~sigbroker.Worker` in a thread of the test process, read like a WorkerProcess.
 
     It runs the receivers of ``tests.app.receivers`` (imported here) on the
@@ -174,19 +183,6 @@ class InProcessWorker:
     def wait_subscribed(self, channel: str = "", timeout: float = 15.0) -> None:
         """Wait until the worker receives."""
         assert self.worker.wait_ready(timeout), "the in-process worker did not start"
-
-    def records(self) -> list[dict[str, Any]]:
-        """Everything the receivers recorded so far."""
-        return read_records(self.out)
-
-    def wait_records(self, n: int, timeout: float = 10.0, **match: Any) -> list[dict[str, Any]]:
-        """Wait until at least ``n`` records matching ``match`` exist; return them."""
-
-        def found() -> list[dict[str, Any]]:
-            rows = [r for r in self.records() if all(r.get(k) == v for k, v in match.items())]
-            return rows if len(rows) >= n else []
-
-        return wait_for(found, timeout, f"{n} records matching {match}")
 
     def output(self) -> str:
         """The worker's log lines so far."""
