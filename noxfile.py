@@ -56,6 +56,8 @@ TEST_FILES = (
     "tests/test_no_duplicates.py",
     "tests/test_loss.py",
     "tests/test_mask.py",
+    "tests/test_testing.py",
+    "tests/test_group_commit.py",
 )
 #: What those test files import besides the package (the dev extra is much heavier);
 #: gevent: test_warm_stop.py stops a worker running under gevent monkey-patching.

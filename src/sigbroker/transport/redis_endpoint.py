@@ -181,6 +181,8 @@ class Endpoint:
         while True:
             try:
                 return attempt()
+            except BrokerUnavailable:
+                raise  # already decided (DeliveryUnknown...), and an OSError: never retried
             except retryable as exc:
                 attempts += 1
                 if not deadline:
