@@ -165,9 +165,7 @@ class Client:
 
     async def aclose(self) -> None:
         """Close the asyncio connections of the running loop; call before the loop ends."""
-        aclose = getattr(self.transport, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await self.transport.aclose()
 
     # -- inspection -----------------------------------------------------------
 

@@ -189,6 +189,9 @@ class Transport(ABC):
     def close(self) -> None:
         """Close every connection; safe to call twice."""
 
+    async def aclose(self) -> None:  # noqa: B027 - a hook: only asyncio connections need it
+        """Close the connections of the running event loop; call before the loop ends."""
+
 
 #: Objects whose state a forked child must replace (see reset_after_fork).
 _RESET_IN_CHILD: weakref.WeakSet[Any] = weakref.WeakSet()
