@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 #: What a codec accepts as its secrets: one, or several for key rotation (the first signs).
 Secrets = bytes | str | Sequence[bytes | str] | None

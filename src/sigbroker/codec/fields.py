@@ -1,7 +1,7 @@
 """The envelope map on the wire: its fields, their types, and the checks on them.
 
 The layout is in the docstring of :mod:`sigbroker.codec`, which publishes
-:data:`VERSION` as ``FORMAT_VERSION``. The decoder reads the current
+:data:`FORMAT_VERSION`. The decoder reads the current
 version's fields with one lookup and checks their types inline; a map of the
 previous version (a sender not yet upgraded) is read as the current one with
 sequence 0, and only a map that fails is examined again, to say what is
@@ -14,11 +14,11 @@ import math
 import operator
 from typing import Any, Final
 
-from ._codec_limits import short
-from .errors import InvalidMessage
+from ..errors import InvalidMessage
+from .limits import short
 
 #: The version of the wire format that the encoder writes.
-VERSION: Final = 2
+FORMAT_VERSION: Final = 2
 #: The previous version, still read so that a rolling upgrade loses nothing.
 PREVIOUS_VERSION: Final = 1
 #: The largest sequence number: an unsigned 64-bit integer.
@@ -36,7 +36,7 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "h": (bytes,),
 }
 _REQUIRED: Final = {
-    VERSION: frozenset(_FIELD_TYPES) - {"h"},
+    FORMAT_VERSION: frozenset(_FIELD_TYPES) - {"h"},
     PREVIOUS_VERSION: frozenset(_FIELD_TYPES) - {"h", "n"},
 }
 _FIELDS: Final = operator.itemgetter("v", "i", "s", "r", "t", "o", "n", "k")
@@ -57,7 +57,7 @@ def read_fields(fields: Any) -> RawFields:
     except (KeyError, TypeError):
         return _read_previous(fields)
     if (
-        version == VERSION
+        version == FORMAT_VERSION
         and type(version) is int
         and type(message_id) is str
         and message_id
@@ -87,7 +87,7 @@ def _read_previous(fields: Any) -> RawFields:
     )
     if previous:
         try:
-            return read_fields({**fields, "v": VERSION, "n": 0})
+            return read_fields({**fields, "v": FORMAT_VERSION, "n": 0})
         except InvalidMessage:
             pass
     raise field_error(fields)

@@ -81,21 +81,20 @@ a limit, so that a message that was sent is one that workers accept. The
 decoder checks the size before any work, parses the envelope under tight
 limits, and unpacks the arguments only after the signature was verified.
 msgpack preallocates arrays from their headers, so arguments over
-:data:`PRESCAN_MIN_BYTES` are first walked by msgpack's allocation-free
-``skip()``: a header can then not claim more items than the bytes that
-follow. Maps and sets whose keys share hash values (hash flooding) are
+:data:`~sigbroker.codec.limits.PRESCAN_MIN_BYTES` are first walked by
+msgpack's allocation-free ``skip()``: a header can then not claim more items
+than the bytes that follow. Maps and sets whose keys share hash values (hash flooding) are
 refused; str and bytes keys hash with a per-process random key and need no
 check. So the decoder first unpacks the arguments with no state, taking maps
 with str or bytes keys, scalars, and short tuples and sets of them; anything
 else makes it start over on its careful path, which gives the same values
 and errors.
 
-The parts live in private modules, one concept each: ``_codec_types`` (the
-extension types), ``_codec_registry`` (users' types), ``_codec_limits``
-(limits and the guards against hostile input), ``_codec_pack`` and
-``_codec_unpack`` (the arguments' bytes), ``_codec_fields`` (the envelope
-map) and ``_codec_signing`` (secrets and HMAC). This module puts the
-envelope around them and is the one to import.
+The parts are modules of this package, one concept each: ``types`` (the
+extension types), ``registry`` (users' types), ``limits`` (limits and the
+guards against hostile input), ``pack`` and ``unpack`` (the arguments'
+bytes), ``fields`` (the envelope map) and ``signing`` (secrets and HMAC).
+This module puts the envelope around them and is the one to import.
 """
 
 from __future__ import annotations
@@ -114,26 +113,13 @@ from typing import Any, Final
 
 import msgpack
 
-# Public names are imported as themselves; the parts this module uses, under
-# private names, so that it exports nothing more than it did as one file.
-from ._codec_fields import BIN8 as _BIN8
-from ._codec_fields import MAX_SEQUENCE as _MAX_SEQUENCE
-from ._codec_fields import VERSION as _VERSION
-from ._codec_fields import bin_header as _bin_header
-from ._codec_fields import read_fields as _read_fields
-from ._codec_limits import DEFAULT_LIMITS, Limits
-from ._codec_limits import HASH_CHECK_MIN_ITEMS as HASH_CHECK_MIN_ITEMS
-from ._codec_limits import MAX_SHARED_HASHES as MAX_SHARED_HASHES
-from ._codec_limits import PRESCAN_MIN_BYTES as PRESCAN_MIN_BYTES
-from ._codec_limits import describe as _describe
-from ._codec_limits import short as _short
-from ._codec_pack import pack_arguments as _pack_arguments
-from ._codec_pack import pack_kwargs as _pack_kwargs
-from ._codec_registry import register_type
-from ._codec_signing import HmacSha256 as _HmacSha256
-from ._codec_signing import secret_keys as _secret_keys
-from ._codec_unpack import unpack_arguments as _unpack_arguments
-from .errors import ConfigurationError, InvalidMessage, PayloadError
+from ..errors import ConfigurationError, InvalidMessage, PayloadError
+from .fields import BIN8, FORMAT_VERSION, MAX_SEQUENCE, bin_header, read_fields
+from .limits import DEFAULT_LIMITS, Limits, describe, short
+from .pack import pack_arguments, pack_kwargs
+from .registry import register_type
+from .signing import HmacSha256, secret_keys
+from .unpack import unpack_arguments
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -149,13 +135,6 @@ __all__ = [
     "register_type",
 ]
 
-# The public names defined in the private modules belong here, as they did
-# before the split (for help(), documentation and pickles).
-Limits.__module__ = register_type.__module__ = __name__
-
-#: The version of the wire format that this module writes; it reads this one and the one before.
-FORMAT_VERSION: Final = _VERSION
-
 #: Signal name and sender pairs whose packed bytes a codec keeps.
 NAME_CACHE_ENTRIES: Final = 1024
 
@@ -168,7 +147,7 @@ _unpackb: Final = msgpack.unpackb
 #: The end of every message's fixed part: the sequence number's key and uint64 marker.
 _SEQ_TAG: Final = b"\xa1n\xcf"
 #: The arguments' key and bin8 header for each size that fits in a bin8.
-_ARGS_BIN8: Final = [b"\xa1k" + header for header in _BIN8]
+_ARGS_BIN8: Final = [b"\xa1k" + header for header in BIN8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +265,7 @@ class Codec:
         if not isinstance(limits, Limits):
             raise ConfigurationError(f"limits must be a Limits, not {type(limits).__qualname__}")
         self.limits = limits
-        self._signers = tuple(_HmacSha256(key) for key in _secret_keys(secrets))
+        self._signers = tuple(HmacSha256(key) for key in secret_keys(secrets))
         self._head = (b"\x89" if self._signers else b"\x88") + b"\xa1v" + bytes([FORMAT_VERSION])
         self._max_bytes = limits.max_message_bytes
         self._max_name_bytes = limits.max_name_bytes
@@ -317,7 +296,7 @@ class Codec:
         Raises :class:`PayloadError`, naming the argument, for anything that
         can not be sent; a refused payload takes no sequence number.
         """
-        body = _pack_kwargs(kwargs, self.limits)
+        body = pack_kwargs(kwargs, self.limits)
         try:
             names = self._names[signal, sender]
         except (KeyError, TypeError):  # TypeError: an unhashable sender, refused below
@@ -335,7 +314,7 @@ class Codec:
                 _F64.pack(_now()),
                 _ORIGIN_ENTRY,
                 _U64.pack(next(counter)),
-                _ARGS_BIN8[size] if size < 0x100 else b"\xa1k" + _bin_header(size),
+                _ARGS_BIN8[size] if size < 0x100 else b"\xa1k" + bin_header(size),
                 body,
             )
         )
@@ -351,13 +330,13 @@ class Codec:
             raise PayloadError(f"this codec writes format version {FORMAT_VERSION} only")
         sent_at = envelope.sent_at
         if type(sent_at) not in (float, int) or not math.isfinite(sent_at):
-            raise PayloadError(f"sent_at must be a finite float, not {_short(sent_at)}")
+            raise PayloadError(f"sent_at must be a finite float, not {short(sent_at)}")
         seq = envelope.seq
-        if type(seq) is not int or not 0 <= seq <= _MAX_SEQUENCE:
-            raise PayloadError(f"seq must be an int from 0 to 2**64-1, not {_short(seq)}")
+        if type(seq) is not int or not 0 <= seq <= MAX_SEQUENCE:
+            raise PayloadError(f"seq must be an int from 0 to 2**64-1, not {short(seq)}")
         id_entry = b"\xa1i" + self._name_bytes(envelope.id, "the message id", empty=False)
         origin_entry = b"\xa1o" + self._name_bytes(envelope.origin, "the origin") + _SEQ_TAG
-        body = _pack_arguments(envelope.kwargs, self.limits)
+        body = pack_arguments(envelope.kwargs, self.limits)
         names = self._name_entries(envelope.signal, envelope.sender)
         message = b"".join(
             (
@@ -368,7 +347,7 @@ class Codec:
                 origin_entry,
                 _U64.pack(seq),
                 b"\xa1k",
-                _bin_header(len(body)),
+                bin_header(len(body)),
                 body,
             )
         )
@@ -384,7 +363,7 @@ class Codec:
 
     def _name_bytes(self, value: object, what: str, *, empty: bool = True) -> bytes:
         if not isinstance(value, str) or not (empty or value):
-            raise PayloadError(f"{what} must be a non-empty string, not {_short(value)}")
+            raise PayloadError(f"{what} must be a non-empty string, not {short(value)}")
         try:
             size = len(value.encode())
         except UnicodeEncodeError as exc:
@@ -448,15 +427,15 @@ class Codec:
                 max_map_len=16,
                 max_ext_len=0,
             )
-            message_id, signal, sender, sent_at, origin_, seq, body = _read_fields(fields)
+            message_id, signal, sender, sent_at, origin_, seq, body = read_fields(fields)
             if signers and fields.get("h") != data[-32:]:
                 raise InvalidMessage("the signature is not the last field")
-            kwargs = _unpack_arguments(body, self.limits)
+            kwargs = unpack_arguments(body, self.limits)
             return signal, sender, kwargs, message_id, sent_at, origin_, seq
         except InvalidMessage:
             raise
         except Exception as exc:
-            raise InvalidMessage(f"undecodable message ({_describe(exc)})") from exc
+            raise InvalidMessage(f"undecodable message ({describe(exc)})") from exc
 
     def _as_bytes(self, data: object) -> bytes:
         if not isinstance(data, bytes | bytearray | memoryview):
