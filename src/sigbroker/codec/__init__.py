@@ -100,13 +100,12 @@ This module puts the envelope around them and is the one to import.
 from __future__ import annotations
 
 import binascii
-import hmac
 import itertools
 import math
 import os
 import socket
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from time import time as _now
 from typing import Any, Final
@@ -118,7 +117,7 @@ from .fields import BIN8, FORMAT_VERSION, MAX_SEQUENCE, bin_header, read_fields
 from .limits import DEFAULT_LIMITS, Limits, describe, short
 from .pack import pack_arguments, pack_kwargs
 from .registry import register_type
-from .signing import HmacSha256, secret_keys
+from .signing import SIGNATURE_BYTES, Secrets, keyed, sign, verify
 from .unpack import unpack_arguments
 
 __all__ = [
@@ -138,8 +137,6 @@ __all__ = [
 #: Signal name and sender pairs whose packed bytes a codec keeps.
 NAME_CACHE_ENTRIES: Final = 1024
 
-_SIG_TAG: Final = b"\xa1h\xc4\x20"  # key "h", then a bin8 header for 32 bytes
-_SIG_BYTES: Final = len(_SIG_TAG) + 32
 _F64: Final = struct.Struct(">d")
 _U64: Final = struct.Struct(">Q")
 _hexlify: Final = binascii.b2a_hex
@@ -259,14 +256,14 @@ class Codec:
 
     def __init__(
         self,
-        secrets: bytes | str | Sequence[bytes | str] | None = None,
+        secrets: Secrets = None,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if not isinstance(limits, Limits):
             raise ConfigurationError(f"limits must be a Limits, not {type(limits).__qualname__}")
         self.limits = limits
-        self._signers = tuple(HmacSha256(key) for key in secret_keys(secrets))
-        self._head = (b"\x89" if self._signers else b"\x88") + b"\xa1v" + bytes([FORMAT_VERSION])
+        self._keys = keyed(secrets)
+        self._head = (b"\x89" if self._keys else b"\x88") + b"\xa1v" + bytes([FORMAT_VERSION])
         self._max_bytes = limits.max_message_bytes
         self._max_name_bytes = limits.max_name_bytes
         self._names: dict[tuple[str, str | None], bytes] = {}
@@ -277,7 +274,7 @@ class Codec:
     @property
     def signed(self) -> bool:
         """Whether this codec signs its messages (and insists on signed ones)."""
-        return bool(self._signers)
+        return bool(self._keys)
 
     # -- sending --------------------------------------------------------------
 
@@ -318,7 +315,7 @@ class Codec:
                 body,
             )
         )
-        if self._signers or len(message) > self._max_bytes:
+        if self._keys or len(message) > self._max_bytes:
             return self._finish(message)
         return message
 
@@ -354,11 +351,11 @@ class Codec:
         return self._finish(message)
 
     def _finish(self, message: bytes) -> bytes:
-        size = len(message) + (_SIG_BYTES if self._signers else 0)
+        size = len(message) + (SIGNATURE_BYTES if self._keys else 0)
         if size > self._max_bytes:
             raise PayloadError(f"message is {size} bytes, over the limit of {self._max_bytes}")
-        if self._signers:
-            return b"".join((message, _SIG_TAG, self._signers[0].digest(message)))
+        if self._keys:
+            return sign(self._keys[0], message)
         return message
 
     def _name_bytes(self, value: object, what: str, *, empty: bool = True) -> bytes:
@@ -415,9 +412,9 @@ class Codec:
                 )
             if not data or data[0] & 0xF0 != 0x80:
                 raise InvalidMessage("not a sigbroker message: expected a msgpack map")
-            signers = self._signers
-            if signers:
-                self._verify(data)
+            keys = self._keys
+            if keys:
+                verify(keys, data)
             # The envelope holds no array, no ext and no long string: msgpack
             # refuses them while parsing. (A bin can not be longer than the message.)
             fields = _unpackb(
@@ -428,7 +425,7 @@ class Codec:
                 max_ext_len=0,
             )
             message_id, signal, sender, sent_at, origin_, seq, body = read_fields(fields)
-            if signers and fields.get("h") != data[-32:]:
+            if keys and fields.get("h") != data[-32:]:
                 raise InvalidMessage("the signature is not the last field")
             kwargs = unpack_arguments(body, self.limits)
             return signal, sender, kwargs, message_id, sent_at, origin_, seq
@@ -444,19 +441,6 @@ class Codec:
             raise InvalidMessage(f"message is over the limit of {self._max_bytes} bytes")
         return bytes(data)
 
-    def _verify(self, data: bytes) -> None:
-        end = len(data) - _SIG_BYTES  # where the signed bytes end
-        if end <= 0 or not data.startswith(_SIG_TAG, end):
-            raise InvalidMessage(
-                "message is not signed, and this codec has a secret", reason="signature"
-            )
-        signed = data[:end]  # a copy, yet cheaper than a memoryview of a short message
-        signature = data[-32:]
-        for signer in self._signers:
-            if hmac.compare_digest(signer.digest(signed), signature):
-                return
-        raise InvalidMessage("bad signature", reason="signature")
-
 
 _UNSIGNED: Final = Codec()
 
@@ -464,7 +448,7 @@ _UNSIGNED: Final = Codec()
 def encode(
     envelope: Envelope,
     *,
-    secret: bytes | str | Sequence[bytes | str] | None = None,
+    secret: Secrets = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> bytes:
     """Encode ``envelope`` into a message, signed when ``secret`` is given."""
@@ -475,7 +459,7 @@ def encode(
 def decode(
     data: bytes,
     *,
-    secrets: bytes | str | Sequence[bytes | str] | None = None,
+    secrets: Secrets = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Envelope:
     """Decode a message; with ``secrets``, only a message signed with one of them."""
