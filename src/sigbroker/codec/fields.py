@@ -70,7 +70,7 @@ def read_fields(fields: Any) -> RawFields:
         and type(seq) is int
         and seq >= 0  # msgpack has no int above MAX_SEQUENCE
         and type(body) is bytes
-        and (len(fields) == 8 or _signature_ok(fields, 8))
+        and (len(fields) == 8 or _signed(fields))
     ):
         return message_id, signal, sender, float(sent_at), origin_, seq, body
     raise field_error(fields)
@@ -93,13 +93,10 @@ def _read_previous(fields: Any) -> RawFields:
     raise field_error(fields)
 
 
-def _signature_ok(fields: dict[str, Any], unsigned_size: int) -> bool:
-    # Either exactly the version's fields, or those and a 32-byte signature.
-    size = len(fields)
-    if size == unsigned_size:
-        return True
+def _signed(fields: dict[str, Any]) -> bool:
+    # The version's 8 fields and a 32-byte signature, nothing else.
     signature = fields.get("h")
-    return size == unsigned_size + 1 and type(signature) is bytes and len(signature) == 32
+    return len(fields) == 9 and type(signature) is bytes and len(signature) == 32
 
 
 def field_error(fields: Any) -> InvalidMessage:
