@@ -93,8 +93,9 @@ and errors.
 The parts are modules of this package, one concept each: ``types`` (the
 extension types), ``registry`` (users' types), ``limits`` (limits and the
 guards against hostile input), ``pack`` and ``unpack`` (the arguments'
-bytes), ``fields`` (the envelope map) and ``signing`` (secrets and HMAC).
-This module puts the envelope around them and is the one to import.
+bytes), ``fields`` (the envelope map), ``process`` (this process's origin,
+message ids and sequence numbers) and ``signing`` (secrets and HMAC). This
+module puts the envelope around them and is the one to import.
 """
 
 from __future__ import annotations
@@ -102,10 +103,8 @@ from __future__ import annotations
 import binascii
 import itertools
 import math
-import os
-import socket
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from time import time as _now
 from typing import Any, Final
@@ -113,9 +112,20 @@ from typing import Any, Final
 import msgpack
 
 from ..errors import ConfigurationError, InvalidMessage, PayloadError
-from .fields import BIN8, FORMAT_VERSION, MAX_SEQUENCE, bin_header, read_fields
+from . import process
+from .fields import (
+    BIN8,
+    FORMAT_VERSION,
+    MAX_SEQUENCE,
+    SEQUENCE_TAG,
+    bin_header,
+    name_entries,
+    packed_name,
+    read_fields,
+)
 from .limits import DEFAULT_LIMITS, Limits, describe, short
 from .pack import pack_arguments, pack_kwargs
+from .process import next_sequence, origin
 from .registry import register_type
 from .signing import SIGNATURE_BYTES, Secrets, keyed, sign, verify
 from .unpack import unpack_arguments
@@ -141,8 +151,6 @@ _F64: Final = struct.Struct(">d")
 _U64: Final = struct.Struct(">Q")
 _hexlify: Final = binascii.b2a_hex
 _unpackb: Final = msgpack.unpackb
-#: The end of every message's fixed part: the sequence number's key and uint64 marker.
-_SEQ_TAG: Final = b"\xa1n\xcf"
 #: The arguments' key and bin8 header for each size that fits in a bin8.
 _ARGS_BIN8: Final = [b"\xa1k" + header for header in BIN8]
 
@@ -174,60 +182,6 @@ class Envelope:
 Fields = tuple[str, str | None, dict[str, Any], str, float, str, int]
 
 
-# -- the process: origin and message ids --------------------------------------
-
-_COUNTER = itertools.count()
-_PID = 0
-_ORIGIN = ""
-_ID_PREFIX = ""
-_ID_HEAD = b""
-_ORIGIN_ENTRY = b""
-# One counter per channel (or signal name), shared by every codec of the process.
-_SEQUENCES: dict[str, Iterator[int]] = {}
-
-
-def _init_process() -> None:
-    # Runs at import and in every forked child, so that ids and origins never
-    # repeat across processes and pack() needs no getpid() per message. A
-    # child is a new origin, so its sequences start again from 1.
-    global _PID, _ORIGIN, _ID_PREFIX, _ID_HEAD, _ORIGIN_ENTRY
-    _PID = os.getpid()
-    _ID_PREFIX = os.urandom(8).hex()
-    _ORIGIN = f"{socket.gethostname()}:{_PID}:{_ID_PREFIX[:8]}"
-    _ID_HEAD = b"\xa1i\xd9\x20" + _ID_PREFIX.encode()
-    _ORIGIN_ENTRY = b"\xa1o" + msgpack.packb(_ORIGIN) + _SEQ_TAG
-    _SEQUENCES.clear()
-
-
-_init_process()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_init_process)
-
-
-def origin() -> str:
-    """Return this process's ``"hostname:pid:token"``, computed once per process."""
-    if os.getpid() != _PID:  # forked by something that skipped the at-fork hooks
-        _init_process()
-    return _ORIGIN
-
-
-def _new_id() -> str:
-    # 16 random hex digits per process and a 16-digit counter: unique, and far
-    # cheaper than uuid4() (next() on itertools.count is atomic under the GIL).
-    return f"{_ID_PREFIX}{next(_COUNTER):016x}"
-
-
-def next_sequence(channel: str) -> int:
-    """The next sequence number of this process on ``channel``: 1, 2, 3...
-
-    Thread-safe (``next()`` on an ``itertools.count`` is atomic under the GIL).
-    """
-    counter = _SEQUENCES.get(channel)
-    if counter is None:
-        counter = _SEQUENCES.setdefault(channel, itertools.count(1))
-    return next(counter)
-
-
 def new_envelope(
     signal: str, sender: str | None, kwargs: Mapping[str, Any], *, channel: str | None = None
 ) -> Envelope:
@@ -238,7 +192,7 @@ def new_envelope(
     0, which no worker tracks, so it can never collide with a client's.
     """
     seq = 0 if channel is None else next_sequence(channel)
-    return Envelope(signal, sender, dict(kwargs), _new_id(), _now(), origin(), seq)
+    return Envelope(signal, sender, dict(kwargs), process.new_id(), _now(), origin(), seq)
 
 
 # -- the codec ----------------------------------------------------------------
@@ -254,11 +208,7 @@ class Codec:
     serve every thread of a process.
     """
 
-    def __init__(
-        self,
-        secrets: Secrets = None,
-        limits: Limits = DEFAULT_LIMITS,
-    ) -> None:
+    def __init__(self, secrets: Secrets = None, limits: Limits = DEFAULT_LIMITS) -> None:
         if not isinstance(limits, Limits):
             raise ConfigurationError(f"limits must be a Limits, not {type(limits).__qualname__}")
         self.limits = limits
@@ -298,18 +248,18 @@ class Codec:
             names = self._names[signal, sender]
         except (KeyError, TypeError):  # TypeError: an unhashable sender, refused below
             names = self._name_entries(signal, sender)
-        counter = _SEQUENCES.get(channel or signal)
-        if counter is None:
-            counter = _SEQUENCES.setdefault(channel or signal, itertools.count(1))
+        counter = process.SEQUENCES.get(channel or signal)
+        if counter is None:  # next_sequence(), inlined
+            counter = process.SEQUENCES.setdefault(channel or signal, itertools.count(1))
         size = len(body)
         message = b"".join(
             (
                 self._head,
-                _ID_HEAD,
-                _hexlify(_U64.pack(next(_COUNTER))),  # the counter, 16 hex digits
+                process.ID_HEAD,
+                _hexlify(_U64.pack(next(process.COUNTER))),  # the counter, 16 hex digits
                 names,
                 _F64.pack(_now()),
-                _ORIGIN_ENTRY,
+                process.ORIGIN_ENTRY,
                 _U64.pack(next(counter)),
                 _ARGS_BIN8[size] if size < 0x100 else b"\xa1k" + bin_header(size),
                 body,
@@ -331,8 +281,9 @@ class Codec:
         seq = envelope.seq
         if type(seq) is not int or not 0 <= seq <= MAX_SEQUENCE:
             raise PayloadError(f"seq must be an int from 0 to 2**64-1, not {short(seq)}")
-        id_entry = b"\xa1i" + self._name_bytes(envelope.id, "the message id", empty=False)
-        origin_entry = b"\xa1o" + self._name_bytes(envelope.origin, "the origin") + _SEQ_TAG
+        max_bytes = self._max_name_bytes
+        id_entry = b"\xa1i" + packed_name(envelope.id, "the message id", max_bytes, empty=False)
+        origin_entry = b"\xa1o" + packed_name(envelope.origin, "the origin", max_bytes)
         body = pack_arguments(envelope.kwargs, self.limits)
         names = self._name_entries(envelope.signal, envelope.sender)
         message = b"".join(
@@ -342,6 +293,7 @@ class Codec:
                 names,
                 _F64.pack(sent_at),
                 origin_entry,
+                SEQUENCE_TAG,
                 _U64.pack(seq),
                 b"\xa1k",
                 bin_header(len(body)),
@@ -358,28 +310,8 @@ class Codec:
             return sign(self._keys[0], message)
         return message
 
-    def _name_bytes(self, value: object, what: str, *, empty: bool = True) -> bytes:
-        if not isinstance(value, str) or not (empty or value):
-            raise PayloadError(f"{what} must be a non-empty string, not {short(value)}")
-        try:
-            size = len(value.encode())
-        except UnicodeEncodeError as exc:
-            raise PayloadError(f"{what} is not valid text: {exc}") from None
-        if size > self._max_name_bytes:
-            raise PayloadError(f"{what} is over the limit of {self._max_name_bytes} bytes")
-        packed: bytes = msgpack.packb(str.__str__(value))
-        return packed
-
     def _name_entries(self, signal: object, sender: object) -> bytes:
-        entries = b"".join(
-            (
-                b"\xa1s",
-                self._name_bytes(signal, "the signal name", empty=False),
-                b"\xa1r",
-                b"\xc0" if sender is None else self._name_bytes(sender, "the sender reference"),
-                b"\xa1t\xcb",  # the send time follows: a float64
-            )
-        )
+        entries = name_entries(signal, sender, self._max_name_bytes)
         if type(signal) is str and (sender is None or type(sender) is str):
             if len(self._names) >= NAME_CACHE_ENTRIES:
                 self._names.clear()
@@ -445,23 +377,13 @@ class Codec:
 _UNSIGNED: Final = Codec()
 
 
-def encode(
-    envelope: Envelope,
-    *,
-    secret: Secrets = None,
-    limits: Limits = DEFAULT_LIMITS,
-) -> bytes:
+def encode(envelope: Envelope, *, secret: Secrets = None, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Encode ``envelope`` into a message, signed when ``secret`` is given."""
     codec = _UNSIGNED if secret is None and limits is DEFAULT_LIMITS else Codec(secret, limits)
     return codec.encode(envelope)
 
 
-def decode(
-    data: bytes,
-    *,
-    secrets: Secrets = None,
-    limits: Limits = DEFAULT_LIMITS,
-) -> Envelope:
+def decode(data: bytes, *, secrets: Secrets = None, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     """Decode a message; with ``secrets``, only a message signed with one of them."""
     codec = _UNSIGNED if secrets is None and limits is DEFAULT_LIMITS else Codec(secrets, limits)
     return codec.decode(data)

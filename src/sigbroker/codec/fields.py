@@ -1,11 +1,12 @@
 """The envelope map on the wire: its fields, their types, and the checks on them.
 
 The layout is in the docstring of :mod:`sigbroker.codec`, which publishes
-:data:`FORMAT_VERSION`. The decoder reads the current
-version's fields with one lookup and checks their types inline; a map of the
-previous version (a sender not yet upgraded) is read as the current one with
-sequence 0, and only a map that fails is examined again, to say what is
-wrong with it.
+:data:`FORMAT_VERSION`. The decoder reads the current version's fields with
+one lookup and checks their types inline; a map of the previous version (a
+sender not yet upgraded) is read as the current one with sequence 0, and
+only a map that fails is examined again, to say what is wrong with it. The
+encoder takes the signal name, sender reference, id and origin entries from
+here, checked and packed (:func:`packed_name`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import math
 import operator
 from typing import Any, Final
 
-from ..errors import InvalidMessage
+import msgpack
+
+from ..errors import InvalidMessage, PayloadError
 from .limits import short
 
 #: The version of the wire format that the encoder writes.
@@ -40,6 +43,8 @@ _REQUIRED: Final = {
     PREVIOUS_VERSION: frozenset(_FIELD_TYPES) - {"h", "n"},
 }
 _FIELDS: Final = operator.itemgetter("v", "i", "s", "r", "t", "o", "n", "k")
+#: The key and uint64 marker of the sequence number, which ends every message's fixed part.
+SEQUENCE_TAG: Final = b"\xa1n\xcf"
 #: The header of a bin of each size that fits in a bin8, made once.
 BIN8: Final = [b"\xc4" + bytes([size]) for size in range(0x100)]
 
@@ -129,3 +134,31 @@ def bin_header(size: int) -> bytes:
     if size < 0x10000:
         return b"\xc5" + size.to_bytes(2, "big")
     return b"\xc6" + size.to_bytes(4, "big")
+
+
+def packed_name(value: object, what: str, max_bytes: int, *, empty: bool = True) -> bytes:
+    """``value`` packed as a msgpack str; :class:`PayloadError` unless it is valid
+    text of at most ``max_bytes`` (and, unless ``empty``, not empty)."""
+    if not isinstance(value, str) or not (empty or value):
+        raise PayloadError(f"{what} must be a non-empty string, not {short(value)}")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError as exc:
+        raise PayloadError(f"{what} is not valid text: {exc}") from None
+    if size > max_bytes:
+        raise PayloadError(f"{what} is over the limit of {max_bytes} bytes")
+    packed: bytes = msgpack.packb(str.__str__(value))
+    return packed
+
+
+def name_entries(signal: object, sender: object, max_bytes: int) -> bytes:
+    """The signal name and sender entries, then the key and float64 marker of the send time."""
+    return b"".join(
+        (
+            b"\xa1s",
+            packed_name(signal, "the signal name", max_bytes, empty=False),
+            b"\xa1r",
+            b"\xc0" if sender is None else packed_name(sender, "the sender reference", max_bytes),
+            b"\xa1t\xcb",
+        )
+    )
