@@ -210,9 +210,9 @@ def loads(module: str) -> dict[str, list[str]]:
 
 
 def _is_part_of(module: str, name: str) -> bool:
-    # sigbroker.codec, its submodules, and its private helpers sigbroker._codec_*.
+    # sigbroker.codec and its submodules.
     inner = module.removeprefix(f"{PACKAGE}.")
-    return inner == name or inner.startswith((f"{name}.", f"_{name}_"))
+    return inner == name or inner.startswith(f"{name}.")
 
 
 def _redis_free_modules() -> list[str]:

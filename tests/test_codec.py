@@ -1132,16 +1132,14 @@ def test_half_a_megabyte_of_small_values_stops_after_max_values(
     # Lists of at most max_values small extension values or maps, 0.5 MB in all:
     # the decoder stops once it has seen more values than the limit, not after
     # decoding every one (each costs a Python call).
-    from sigbroker import _codec_unpack
-
     calls = [0]
-    original = _codec_unpack._Unpacking.ext_hook
+    original = codec.unpack._Unpacking.ext_hook
 
     def counting(self: Any, code: int, data: bytes) -> Any:
         calls[0] += 1
         return original(self, code, data)
 
-    monkeypatch.setattr(_codec_unpack._Unpacking, "ext_hook", counting)
+    monkeypatch.setattr(codec.unpack._Unpacking, "ext_hook", counting)
     limit = DEFAULT_LIMITS.max_values
     inner = b"\xdd" + struct.pack(">I", limit) + item * limit
     count = 500_000 // len(inner) + 1

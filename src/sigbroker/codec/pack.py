@@ -17,10 +17,10 @@ from typing import Any, Final
 
 import msgpack
 
-from ._codec_limits import Limits, describe, short
-from ._codec_registry import BY_TYPE, classify
-from ._codec_types import DEFAULTS, KINDS, LEAF, LEAVES, MAP, REGISTERED, UNSUPPORTED, encode_leaf
-from .errors import PayloadError
+from ..errors import PayloadError
+from .limits import Limits, describe, short
+from .registry import BY_TYPE, classify
+from .types import DEFAULTS, KINDS, LEAF, LEAVES, MAP, REGISTERED, UNSUPPORTED, encode_leaf
 
 _STR: Final = frozenset({str})
 # CPython 3.11 compiles a method call on an imported name to an attribute

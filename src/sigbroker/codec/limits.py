@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import msgpack
 
-from .errors import ConfigurationError, InvalidMessage
+from ..errors import ConfigurationError, InvalidMessage
 
 #: The default of ``Limits.max_values``: the values all arguments of one message hold together.
 MAX_VALUES: Final = 4096

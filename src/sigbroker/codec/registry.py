@@ -4,7 +4,7 @@
 decoder finds them again by that name in :data:`BY_NAME` only, never by
 importing anything. :func:`classify` files a type seen for the first time
 (a subclass of a built-in type, or an unsupported one) into the dispatch
-tables of :mod:`sigbroker._codec_types`. Part of :mod:`sigbroker.codec`.
+tables of :mod:`sigbroker.codec.types`. Part of :mod:`sigbroker.codec`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from typing import Any
 
 import msgpack
 
-from ._codec_types import (
+from ..errors import ConfigurationError
+from ..naming import qualified_name
+from .types import (
     BASES,
     BUILTIN,
     DEFAULTS,
@@ -30,8 +32,6 @@ from ._codec_types import (
     UNSUPPORTED,
     Nesting,
 )
-from .errors import ConfigurationError
-from .naming import qualified_name
 
 _new_tuple = tuple.__new__  # ExtType without its checks in Python: ours are known good
 

@@ -4,7 +4,7 @@ The extension codes, the encoders and decoders of the built-in types, and the
 tables that dispatch on a value's exact type: its kind (a leaf, a sequence, a
 map, a registered type, or unsupported) and the packer's default hook for it.
 Subclasses and registered types are added to the tables by
-:mod:`sigbroker._codec_registry`. The wire format itself is described in the
+:mod:`sigbroker.codec.registry`. The wire format itself is described in the
 docstring of :mod:`sigbroker.codec`, which exports the public names.
 """
 
@@ -19,7 +19,7 @@ from uuid import UUID
 
 import msgpack
 
-from .errors import InvalidMessage
+from ..errors import InvalidMessage
 
 EXT_BIGINT: Final = 1
 EXT_TUPLE: Final = 2

@@ -81,59 +81,54 @@ a limit, so that a message that was sent is one that workers accept. The
 decoder checks the size before any work, parses the envelope under tight
 limits, and unpacks the arguments only after the signature was verified.
 msgpack preallocates arrays from their headers, so arguments over
-:data:`PRESCAN_MIN_BYTES` are first walked by msgpack's allocation-free
-``skip()``: a header can then not claim more items than the bytes that
-follow. Maps and sets whose keys share hash values (hash flooding) are
+:data:`~sigbroker.codec.limits.PRESCAN_MIN_BYTES` are first walked by
+msgpack's allocation-free ``skip()``: a header can then not claim more items
+than the bytes that follow. Maps and sets whose keys share hash values (hash flooding) are
 refused; str and bytes keys hash with a per-process random key and need no
 check. So the decoder first unpacks the arguments with no state, taking maps
 with str or bytes keys, scalars, and short tuples and sets of them; anything
 else makes it start over on its careful path, which gives the same values
 and errors.
 
-The parts live in private modules, one concept each: ``_codec_types`` (the
-extension types), ``_codec_registry`` (users' types), ``_codec_limits``
-(limits and the guards against hostile input), ``_codec_pack`` and
-``_codec_unpack`` (the arguments' bytes), ``_codec_fields`` (the envelope
-map) and ``_codec_signing`` (secrets and HMAC). This module puts the
-envelope around them and is the one to import.
+The parts are modules of this package, one concept each: ``types`` (the
+extension types), ``registry`` (users' types), ``limits`` (limits and the
+guards against hostile input), ``pack`` and ``unpack`` (the arguments'
+bytes), ``fields`` (the envelope map), ``process`` (this process's origin,
+message ids and sequence numbers) and ``signing`` (secrets and HMAC). This
+module puts the envelope around them and is the one to import.
 """
 
 from __future__ import annotations
 
 import binascii
-import hmac
 import itertools
 import math
-import os
-import socket
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from time import time as _now
 from typing import Any, Final
 
 import msgpack
 
-# Public names are imported as themselves; the parts this module uses, under
-# private names, so that it exports nothing more than it did as one file.
-from ._codec_fields import BIN8 as _BIN8
-from ._codec_fields import MAX_SEQUENCE as _MAX_SEQUENCE
-from ._codec_fields import VERSION as _VERSION
-from ._codec_fields import bin_header as _bin_header
-from ._codec_fields import read_fields as _read_fields
-from ._codec_limits import DEFAULT_LIMITS, Limits
-from ._codec_limits import HASH_CHECK_MIN_ITEMS as HASH_CHECK_MIN_ITEMS
-from ._codec_limits import MAX_SHARED_HASHES as MAX_SHARED_HASHES
-from ._codec_limits import PRESCAN_MIN_BYTES as PRESCAN_MIN_BYTES
-from ._codec_limits import describe as _describe
-from ._codec_limits import short as _short
-from ._codec_pack import pack_arguments as _pack_arguments
-from ._codec_pack import pack_kwargs as _pack_kwargs
-from ._codec_registry import register_type
-from ._codec_signing import HmacSha256 as _HmacSha256
-from ._codec_signing import secret_keys as _secret_keys
-from ._codec_unpack import unpack_arguments as _unpack_arguments
-from .errors import ConfigurationError, InvalidMessage, PayloadError
+from ..errors import ConfigurationError, InvalidMessage, PayloadError
+from . import process
+from .fields import (
+    BIN8,
+    FORMAT_VERSION,
+    MAX_SEQUENCE,
+    SEQUENCE_TAG,
+    bin_header,
+    name_entries,
+    packed_name,
+    read_fields,
+)
+from .limits import DEFAULT_LIMITS, Limits, describe, short
+from .pack import pack_arguments, pack_kwargs
+from .process import next_sequence, origin
+from .registry import register_type
+from .signing import SIGNATURE_BYTES, Secrets, keyed, sign, verify
+from .unpack import unpack_arguments
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -149,26 +144,15 @@ __all__ = [
     "register_type",
 ]
 
-# The public names defined in the private modules belong here, as they did
-# before the split (for help(), documentation and pickles).
-Limits.__module__ = register_type.__module__ = __name__
-
-#: The version of the wire format that this module writes; it reads this one and the one before.
-FORMAT_VERSION: Final = _VERSION
-
 #: Signal name and sender pairs whose packed bytes a codec keeps.
 NAME_CACHE_ENTRIES: Final = 1024
 
-_SIG_TAG: Final = b"\xa1h\xc4\x20"  # key "h", then a bin8 header for 32 bytes
-_SIG_BYTES: Final = len(_SIG_TAG) + 32
 _F64: Final = struct.Struct(">d")
 _U64: Final = struct.Struct(">Q")
 _hexlify: Final = binascii.b2a_hex
 _unpackb: Final = msgpack.unpackb
-#: The end of every message's fixed part: the sequence number's key and uint64 marker.
-_SEQ_TAG: Final = b"\xa1n\xcf"
 #: The arguments' key and bin8 header for each size that fits in a bin8.
-_ARGS_BIN8: Final = [b"\xa1k" + header for header in _BIN8]
+_ARGS_BIN8: Final = [b"\xa1k" + header for header in BIN8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,60 +182,6 @@ class Envelope:
 Fields = tuple[str, str | None, dict[str, Any], str, float, str, int]
 
 
-# -- the process: origin and message ids --------------------------------------
-
-_COUNTER = itertools.count()
-_PID = 0
-_ORIGIN = ""
-_ID_PREFIX = ""
-_ID_HEAD = b""
-_ORIGIN_ENTRY = b""
-# One counter per channel (or signal name), shared by every codec of the process.
-_SEQUENCES: dict[str, Iterator[int]] = {}
-
-
-def _init_process() -> None:
-    # Runs at import and in every forked child, so that ids and origins never
-    # repeat across processes and pack() needs no getpid() per message. A
-    # child is a new origin, so its sequences start again from 1.
-    global _PID, _ORIGIN, _ID_PREFIX, _ID_HEAD, _ORIGIN_ENTRY
-    _PID = os.getpid()
-    _ID_PREFIX = os.urandom(8).hex()
-    _ORIGIN = f"{socket.gethostname()}:{_PID}:{_ID_PREFIX[:8]}"
-    _ID_HEAD = b"\xa1i\xd9\x20" + _ID_PREFIX.encode()
-    _ORIGIN_ENTRY = b"\xa1o" + msgpack.packb(_ORIGIN) + _SEQ_TAG
-    _SEQUENCES.clear()
-
-
-_init_process()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_init_process)
-
-
-def origin() -> str:
-    """Return this process's ``"hostname:pid:token"``, computed once per process."""
-    if os.getpid() != _PID:  # forked by something that skipped the at-fork hooks
-        _init_process()
-    return _ORIGIN
-
-
-def _new_id() -> str:
-    # 16 random hex digits per process and a 16-digit counter: unique, and far
-    # cheaper than uuid4() (next() on itertools.count is atomic under the GIL).
-    return f"{_ID_PREFIX}{next(_COUNTER):016x}"
-
-
-def next_sequence(channel: str) -> int:
-    """The next sequence number of this process on ``channel``: 1, 2, 3...
-
-    Thread-safe (``next()`` on an ``itertools.count`` is atomic under the GIL).
-    """
-    counter = _SEQUENCES.get(channel)
-    if counter is None:
-        counter = _SEQUENCES.setdefault(channel, itertools.count(1))
-    return next(counter)
-
-
 def new_envelope(
     signal: str, sender: str | None, kwargs: Mapping[str, Any], *, channel: str | None = None
 ) -> Envelope:
@@ -262,7 +192,7 @@ def new_envelope(
     0, which no worker tracks, so it can never collide with a client's.
     """
     seq = 0 if channel is None else next_sequence(channel)
-    return Envelope(signal, sender, dict(kwargs), _new_id(), _now(), origin(), seq)
+    return Envelope(signal, sender, dict(kwargs), process.new_id(), _now(), origin(), seq)
 
 
 # -- the codec ----------------------------------------------------------------
@@ -278,16 +208,12 @@ class Codec:
     serve every thread of a process.
     """
 
-    def __init__(
-        self,
-        secrets: bytes | str | Sequence[bytes | str] | None = None,
-        limits: Limits = DEFAULT_LIMITS,
-    ) -> None:
+    def __init__(self, secrets: Secrets = None, limits: Limits = DEFAULT_LIMITS) -> None:
         if not isinstance(limits, Limits):
             raise ConfigurationError(f"limits must be a Limits, not {type(limits).__qualname__}")
         self.limits = limits
-        self._signers = tuple(_HmacSha256(key) for key in _secret_keys(secrets))
-        self._head = (b"\x89" if self._signers else b"\x88") + b"\xa1v" + bytes([FORMAT_VERSION])
+        self._keys = keyed(secrets)
+        self._head = (b"\x89" if self._keys else b"\x88") + b"\xa1v" + bytes([FORMAT_VERSION])
         self._max_bytes = limits.max_message_bytes
         self._max_name_bytes = limits.max_name_bytes
         self._names: dict[tuple[str, str | None], bytes] = {}
@@ -298,7 +224,7 @@ class Codec:
     @property
     def signed(self) -> bool:
         """Whether this codec signs its messages (and insists on signed ones)."""
-        return bool(self._signers)
+        return bool(self._keys)
 
     # -- sending --------------------------------------------------------------
 
@@ -317,29 +243,29 @@ class Codec:
         Raises :class:`PayloadError`, naming the argument, for anything that
         can not be sent; a refused payload takes no sequence number.
         """
-        body = _pack_kwargs(kwargs, self.limits)
+        body = pack_kwargs(kwargs, self.limits)
         try:
             names = self._names[signal, sender]
         except (KeyError, TypeError):  # TypeError: an unhashable sender, refused below
             names = self._name_entries(signal, sender)
-        counter = _SEQUENCES.get(channel or signal)
-        if counter is None:
-            counter = _SEQUENCES.setdefault(channel or signal, itertools.count(1))
+        counter = process.SEQUENCES.get(channel or signal)
+        if counter is None:  # next_sequence(), inlined
+            counter = process.SEQUENCES.setdefault(channel or signal, itertools.count(1))
         size = len(body)
         message = b"".join(
             (
                 self._head,
-                _ID_HEAD,
-                _hexlify(_U64.pack(next(_COUNTER))),  # the counter, 16 hex digits
+                process.ID_HEAD,
+                _hexlify(_U64.pack(next(process.COUNTER))),  # the counter, 16 hex digits
                 names,
                 _F64.pack(_now()),
-                _ORIGIN_ENTRY,
+                process.ORIGIN_ENTRY,
                 _U64.pack(next(counter)),
-                _ARGS_BIN8[size] if size < 0x100 else b"\xa1k" + _bin_header(size),
+                _ARGS_BIN8[size] if size < 0x100 else b"\xa1k" + bin_header(size),
                 body,
             )
         )
-        if self._signers or len(message) > self._max_bytes:
+        if self._keys or len(message) > self._max_bytes:
             return self._finish(message)
         return message
 
@@ -351,13 +277,14 @@ class Codec:
             raise PayloadError(f"this codec writes format version {FORMAT_VERSION} only")
         sent_at = envelope.sent_at
         if type(sent_at) not in (float, int) or not math.isfinite(sent_at):
-            raise PayloadError(f"sent_at must be a finite float, not {_short(sent_at)}")
+            raise PayloadError(f"sent_at must be a finite float, not {short(sent_at)}")
         seq = envelope.seq
-        if type(seq) is not int or not 0 <= seq <= _MAX_SEQUENCE:
-            raise PayloadError(f"seq must be an int from 0 to 2**64-1, not {_short(seq)}")
-        id_entry = b"\xa1i" + self._name_bytes(envelope.id, "the message id", empty=False)
-        origin_entry = b"\xa1o" + self._name_bytes(envelope.origin, "the origin") + _SEQ_TAG
-        body = _pack_arguments(envelope.kwargs, self.limits)
+        if type(seq) is not int or not 0 <= seq <= MAX_SEQUENCE:
+            raise PayloadError(f"seq must be an int from 0 to 2**64-1, not {short(seq)}")
+        max_bytes = self._max_name_bytes
+        id_entry = b"\xa1i" + packed_name(envelope.id, "the message id", max_bytes, empty=False)
+        origin_entry = b"\xa1o" + packed_name(envelope.origin, "the origin", max_bytes)
+        body = pack_arguments(envelope.kwargs, self.limits)
         names = self._name_entries(envelope.signal, envelope.sender)
         message = b"".join(
             (
@@ -366,44 +293,25 @@ class Codec:
                 names,
                 _F64.pack(sent_at),
                 origin_entry,
+                SEQUENCE_TAG,
                 _U64.pack(seq),
                 b"\xa1k",
-                _bin_header(len(body)),
+                bin_header(len(body)),
                 body,
             )
         )
         return self._finish(message)
 
     def _finish(self, message: bytes) -> bytes:
-        size = len(message) + (_SIG_BYTES if self._signers else 0)
+        size = len(message) + (SIGNATURE_BYTES if self._keys else 0)
         if size > self._max_bytes:
             raise PayloadError(f"message is {size} bytes, over the limit of {self._max_bytes}")
-        if self._signers:
-            return b"".join((message, _SIG_TAG, self._signers[0].digest(message)))
+        if self._keys:
+            return sign(self._keys[0], message)
         return message
 
-    def _name_bytes(self, value: object, what: str, *, empty: bool = True) -> bytes:
-        if not isinstance(value, str) or not (empty or value):
-            raise PayloadError(f"{what} must be a non-empty string, not {_short(value)}")
-        try:
-            size = len(value.encode())
-        except UnicodeEncodeError as exc:
-            raise PayloadError(f"{what} is not valid text: {exc}") from None
-        if size > self._max_name_bytes:
-            raise PayloadError(f"{what} is over the limit of {self._max_name_bytes} bytes")
-        packed: bytes = msgpack.packb(str.__str__(value))
-        return packed
-
     def _name_entries(self, signal: object, sender: object) -> bytes:
-        entries = b"".join(
-            (
-                b"\xa1s",
-                self._name_bytes(signal, "the signal name", empty=False),
-                b"\xa1r",
-                b"\xc0" if sender is None else self._name_bytes(sender, "the sender reference"),
-                b"\xa1t\xcb",  # the send time follows: a float64
-            )
-        )
+        entries = name_entries(signal, sender, self._max_name_bytes)
         if type(signal) is str and (sender is None or type(sender) is str):
             if len(self._names) >= NAME_CACHE_ENTRIES:
                 self._names.clear()
@@ -436,9 +344,9 @@ class Codec:
                 )
             if not data or data[0] & 0xF0 != 0x80:
                 raise InvalidMessage("not a sigbroker message: expected a msgpack map")
-            signers = self._signers
-            if signers:
-                self._verify(data)
+            keys = self._keys
+            if keys:
+                verify(keys, data)
             # The envelope holds no array, no ext and no long string: msgpack
             # refuses them while parsing. (A bin can not be longer than the message.)
             fields = _unpackb(
@@ -448,15 +356,15 @@ class Codec:
                 max_map_len=16,
                 max_ext_len=0,
             )
-            message_id, signal, sender, sent_at, origin_, seq, body = _read_fields(fields)
-            if signers and fields.get("h") != data[-32:]:
+            message_id, signal, sender, sent_at, origin_, seq, body = read_fields(fields)
+            if keys and fields.get("h") != data[-32:]:
                 raise InvalidMessage("the signature is not the last field")
-            kwargs = _unpack_arguments(body, self.limits)
+            kwargs = unpack_arguments(body, self.limits)
             return signal, sender, kwargs, message_id, sent_at, origin_, seq
         except InvalidMessage:
             raise
         except Exception as exc:
-            raise InvalidMessage(f"undecodable message ({_describe(exc)})") from exc
+            raise InvalidMessage(f"undecodable message ({describe(exc)})") from exc
 
     def _as_bytes(self, data: object) -> bytes:
         if not isinstance(data, bytes | bytearray | memoryview):
@@ -465,40 +373,17 @@ class Codec:
             raise InvalidMessage(f"message is over the limit of {self._max_bytes} bytes")
         return bytes(data)
 
-    def _verify(self, data: bytes) -> None:
-        end = len(data) - _SIG_BYTES  # where the signed bytes end
-        if end <= 0 or not data.startswith(_SIG_TAG, end):
-            raise InvalidMessage(
-                "message is not signed, and this codec has a secret", reason="signature"
-            )
-        signed = data[:end]  # a copy, yet cheaper than a memoryview of a short message
-        signature = data[-32:]
-        for signer in self._signers:
-            if hmac.compare_digest(signer.digest(signed), signature):
-                return
-        raise InvalidMessage("bad signature", reason="signature")
-
 
 _UNSIGNED: Final = Codec()
 
 
-def encode(
-    envelope: Envelope,
-    *,
-    secret: bytes | str | Sequence[bytes | str] | None = None,
-    limits: Limits = DEFAULT_LIMITS,
-) -> bytes:
+def encode(envelope: Envelope, *, secret: Secrets = None, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Encode ``envelope`` into a message, signed when ``secret`` is given."""
     codec = _UNSIGNED if secret is None and limits is DEFAULT_LIMITS else Codec(secret, limits)
     return codec.encode(envelope)
 
 
-def decode(
-    data: bytes,
-    *,
-    secrets: bytes | str | Sequence[bytes | str] | None = None,
-    limits: Limits = DEFAULT_LIMITS,
-) -> Envelope:
+def decode(data: bytes, *, secrets: Secrets = None, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     """Decode a message; with ``secrets``, only a message signed with one of them."""
     codec = _UNSIGNED if secrets is None and limits is DEFAULT_LIMITS else Codec(secrets, limits)
     return codec.decode(data)

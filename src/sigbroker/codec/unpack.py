@@ -26,7 +26,8 @@ from typing import Any, Final
 
 import msgpack
 
-from ._codec_limits import (
+from ..errors import InvalidMessage
+from .limits import (
     HASH_CHECK_MIN_ITEMS,
     PRESCAN_MIN_BYTES,
     Limits,
@@ -35,8 +36,8 @@ from ._codec_limits import (
     prescan,
     short,
 )
-from ._codec_registry import BY_NAME
-from ._codec_types import (
+from .registry import BY_NAME
+from .types import (
     DECODED_CONTAINERS,
     DECODED_LEAVES,
     EXT_FROZENSET,
@@ -47,7 +48,6 @@ from ._codec_types import (
     decode_scalar,
     ext_hook,
 )
-from .errors import InvalidMessage
 
 _STR: Final = frozenset({str})
 # CPython 3.11 compiles a method call on an imported name to an attribute

@@ -1,11 +1,12 @@
 """The envelope map on the wire: its fields, their types, and the checks on them.
 
 The layout is in the docstring of :mod:`sigbroker.codec`, which publishes
-:data:`VERSION` as ``FORMAT_VERSION``. The decoder reads the current
-version's fields with one lookup and checks their types inline; a map of the
-previous version (a sender not yet upgraded) is read as the current one with
-sequence 0, and only a map that fails is examined again, to say what is
-wrong with it.
+:data:`FORMAT_VERSION`. The decoder reads the current version's fields with
+one lookup and checks their types inline; a map of the previous version (a
+sender not yet upgraded) is read as the current one with sequence 0, and
+only a map that fails is examined again, to say what is wrong with it. The
+encoder takes the signal name, sender reference, id and origin entries from
+here, checked and packed (:func:`packed_name`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import math
 import operator
 from typing import Any, Final
 
-from ._codec_limits import short
-from .errors import InvalidMessage
+import msgpack
+
+from ..errors import InvalidMessage, PayloadError
+from .limits import short
 
 #: The version of the wire format that the encoder writes.
-VERSION: Final = 2
+FORMAT_VERSION: Final = 2
 #: The previous version, still read so that a rolling upgrade loses nothing.
 PREVIOUS_VERSION: Final = 1
 #: The largest sequence number: an unsigned 64-bit integer.
@@ -36,10 +39,12 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "h": (bytes,),
 }
 _REQUIRED: Final = {
-    VERSION: frozenset(_FIELD_TYPES) - {"h"},
+    FORMAT_VERSION: frozenset(_FIELD_TYPES) - {"h"},
     PREVIOUS_VERSION: frozenset(_FIELD_TYPES) - {"h", "n"},
 }
 _FIELDS: Final = operator.itemgetter("v", "i", "s", "r", "t", "o", "n", "k")
+#: The key and uint64 marker of the sequence number, which ends every message's fixed part.
+SEQUENCE_TAG: Final = b"\xa1n\xcf"
 #: The header of a bin of each size that fits in a bin8, made once.
 BIN8: Final = [b"\xc4" + bytes([size]) for size in range(0x100)]
 
@@ -57,7 +62,7 @@ def read_fields(fields: Any) -> RawFields:
     except (KeyError, TypeError):
         return _read_previous(fields)
     if (
-        version == VERSION
+        version == FORMAT_VERSION
         and type(version) is int
         and type(message_id) is str
         and message_id
@@ -70,7 +75,7 @@ def read_fields(fields: Any) -> RawFields:
         and type(seq) is int
         and seq >= 0  # msgpack has no int above MAX_SEQUENCE
         and type(body) is bytes
-        and (len(fields) == 8 or _signature_ok(fields, 8))
+        and (len(fields) == 8 or _signed(fields))
     ):
         return message_id, signal, sender, float(sent_at), origin_, seq, body
     raise field_error(fields)
@@ -87,19 +92,16 @@ def _read_previous(fields: Any) -> RawFields:
     )
     if previous:
         try:
-            return read_fields({**fields, "v": VERSION, "n": 0})
+            return read_fields({**fields, "v": FORMAT_VERSION, "n": 0})
         except InvalidMessage:
             pass
     raise field_error(fields)
 
 
-def _signature_ok(fields: dict[str, Any], unsigned_size: int) -> bool:
-    # Either exactly the version's fields, or those and a 32-byte signature.
-    size = len(fields)
-    if size == unsigned_size:
-        return True
+def _signed(fields: dict[str, Any]) -> bool:
+    # The version's 8 fields and a 32-byte signature, nothing else.
     signature = fields.get("h")
-    return size == unsigned_size + 1 and type(signature) is bytes and len(signature) == 32
+    return len(fields) == 9 and type(signature) is bytes and len(signature) == 32
 
 
 def field_error(fields: Any) -> InvalidMessage:
@@ -132,3 +134,31 @@ def bin_header(size: int) -> bytes:
     if size < 0x10000:
         return b"\xc5" + size.to_bytes(2, "big")
     return b"\xc6" + size.to_bytes(4, "big")
+
+
+def packed_name(value: object, what: str, max_bytes: int, *, empty: bool = True) -> bytes:
+    """``value`` packed as a msgpack str; :class:`PayloadError` unless it is valid
+    text of at most ``max_bytes`` (and, unless ``empty``, not empty)."""
+    if not isinstance(value, str) or not (empty or value):
+        raise PayloadError(f"{what} must be a non-empty string, not {short(value)}")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError as exc:
+        raise PayloadError(f"{what} is not valid text: {exc}") from None
+    if size > max_bytes:
+        raise PayloadError(f"{what} is over the limit of {max_bytes} bytes")
+    packed: bytes = msgpack.packb(str.__str__(value))
+    return packed
+
+
+def name_entries(signal: object, sender: object, max_bytes: int) -> bytes:
+    """The signal name and sender entries, then the key and float64 marker of the send time."""
+    return b"".join(
+        (
+            b"\xa1s",
+            packed_name(signal, "the signal name", max_bytes, empty=False),
+            b"\xa1r",
+            b"\xc0" if sender is None else packed_name(sender, "the sender reference", max_bytes),
+            b"\xa1t\xcb",
+        )
+    )
