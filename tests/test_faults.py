@@ -171,7 +171,7 @@ def test_heartbeat_lists_the_worker_and_disappears_when_it_dies(
         (beat,) = wait_for(lambda: list_workers(client), 10, "a heartbeat")
         assert beat["pid"] == worker.proc.pid
         assert user_registered.name in beat["signals"]
-        ttl = client.transport.call(lambda r: r.ttl(f"{namespace}:__worker__:{beat['id']}"))
+        ttl = client.call(lambda r: r.ttl(f"{namespace}:__worker__:{beat['id']}"))
         assert 0 < ttl <= HEARTBEAT_TTL_S
         worker.signal(signal.SIGKILL)
         worker.wait()

@@ -279,3 +279,42 @@ def test_in_memory_needs_no_hiredis() -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_receiver_may_connect_and_send_a_signal_the_worker_did_not_have() -> None:
+    first, late = Signal(name="tests.testing.first"), Signal(name="tests.testing.late")
+    ran: list[str] = []
+
+    def on_late(sender: Any, **kwargs: Any) -> None:
+        ran.append("late")
+
+    def on_first(sender: Any, **kwargs: Any) -> None:
+        ran.append("first")
+        late.connect(on_late, weak=False)
+        assert late.send(sender=None) == 1  # held until the worker has its receivers
+
+    first.connect(on_first, weak=False)
+    try:
+        with in_memory() as broker:
+            for _ in range(3):
+                assert first.send(sender=None) == 1
+        assert ran == ["first", "late"] * 3
+        assert broker.stats.processed == 6 and broker.stats.failed == 0
+    finally:
+        first.disconnect(on_first)
+        late.disconnect(on_late)
+
+
+def test_sent_is_a_list_a_test_may_clear() -> None:
+    with in_memory() as broker:
+        order_placed.send(sender=None, order_id=1, total=None, at=None)
+        broker.sent.clear()
+        order_placed.send(sender=None, order_id=2, total=None, at=None)
+        assert [m.kwargs["order_id"] for m in broker.sent] == [2]
+
+
+def test_call_needs_a_redis_transport() -> None:
+    from sigbroker.errors import ConfigurationError
+
+    with in_memory() as broker, pytest.raises(ConfigurationError, match="no Redis client"):
+        broker.call(lambda r: r.ping())

@@ -11,11 +11,12 @@ where the bounds, retries and error translation are), or any transport given
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from .codec import DEFAULT_LIMITS, Codec, Limits
 from .config import SecretSetting, normalize_secrets, settings
+from .errors import ConfigurationError
 from .naming import SignalLike, sender_reference
 from .transport.base import Transport
 from .transport.redis_endpoint import (
@@ -30,6 +31,7 @@ from .urls import mask_url
 __all__ = ["Batch", "Client", "mask_url"]
 
 SignalRef = SignalLike | str
+T = TypeVar("T")
 
 
 class Client:
@@ -182,6 +184,19 @@ class Client:
     def channels(self) -> dict[str, int]:
         """Return the live channels of this namespace and their subscriber counts."""
         return self.transport.channels(self._prefix + "*")
+
+    def call(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(redis_client)`` within the retry bound, redis-py's errors translated.
+
+        For tools on a Redis transport: connection errors are retried, so
+        ``fn`` must be safe to run twice (reads, ``SET`` of a key, ``DEL``).
+        Raises :class:`ConfigurationError` on a transport without Redis.
+        """
+        call = getattr(self.transport, "call", None)
+        if call is None:
+            raise ConfigurationError(f"{self.transport.display} has no Redis client to call")
+        result: T = call(fn)
+        return result
 
     # -- lifecycle ------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import config
 from .broker import Worker
@@ -66,32 +66,53 @@ class InMemoryBroker(Client):
         super().__init__("memory://", secret=secret, transport=self.memory)
         self.deliver = deliver
         self.stats = Stats()
-        self._envelopes: list[Envelope | None] = []
-        self._decoding = threading.Lock()
+        #: The decoded envelope of every message published, in order (bytes
+        #: that do not decode are left out).
+        self.sent: list[Envelope] = []
         self._worker: Worker | None = None
         self._receiving: frozenset[Signal] = frozenset()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while the worker is replaced
+        self._held: list[tuple[str, bytes]] = []
         reset_after_fork(self)
 
-    @property
-    def sent(self) -> list[Envelope]:
-        """Decoded envelopes of what was published, in order (not bytes that do not decode)."""
-        with self._decoding:
-            recorded = self.memory.sent
-            for _, data in recorded[len(self._envelopes) :]:
-                try:
-                    self._envelopes.append(self.codec.decode(data))
-                except InvalidMessage:
-                    self._envelopes.append(None)
-            return [e for e in self._envelopes if e is not None]
+    def _record(self, data: bytes) -> None:
+        with contextlib.suppress(InvalidMessage):
+            self.sent.append(self.codec.decode(data))
+
+    def _publish(self, channel: str, data: bytes, publish: Callable[[str, bytes], int]) -> int:
+        """Publish through ``publish`` once a worker receives every signal with receivers."""
+        self._record(data)
+        if threading.current_thread().name.startswith("sigbroker"):
+            # A receiver's own send (or its event loop's): the worker that runs
+            # it can not be replaced from here. A message for a signal whose
+            # receivers it does not have yet waits for the send outside.
+            if self.deliver and self._wanted() != self._receiving and self._new_channel(channel):
+                self._held.append((channel, data))
+                return 1
+            return publish(channel, data)
+        self._follow_receivers()
+        count = publish(channel, data)
+        while self._held:
+            held, self._held = self._held, []
+            self._follow_receivers()
+            for late_channel, late_data in held:
+                publish(late_channel, late_data)
+        return count
+
+    def _wanted(self) -> frozenset[Signal]:
+        return frozenset(s for s in all_signals() if s.has_remote_receivers())
+
+    def _new_channel(self, channel: str) -> bool:
+        known = {self.channel(s) for s in self._receiving}
+        return channel not in known and any(self.channel(s) == channel for s in self._wanted())
 
     def _follow_receivers(self) -> None:
         """Have a worker receive every signal that has a receiver now (before a publish)."""
         if not self.deliver:
             return
-        wanted = frozenset(s for s in all_signals() if s.has_remote_receivers())
-        if wanted == self._receiving or threading.current_thread().name.startswith("sigbroker"):
-            return  # a receiver's own sends go to the worker that runs it
+        wanted = self._wanted()
+        if wanted == self._receiving:
+            return
         with self._lock:
             if wanted == self._receiving:
                 return
@@ -120,7 +141,7 @@ class InMemoryBroker(Client):
     def _after_fork(self) -> None:
         """In a forked child: the parent's worker does not run here; a new lock."""
         self._lock = threading.Lock()
-        self._decoding = threading.Lock()
+        self._held = []
         self._worker = None
         self._receiving = frozenset()
 
@@ -129,12 +150,11 @@ class _Transport(MemoryTransport):
     """The memory transport of an :class:`InMemoryBroker`: it records, and starts the worker."""
 
     def __init__(self, broker: InMemoryBroker) -> None:
-        super().__init__(record=True)
+        super().__init__()
         self._broker = broker
 
     def publish(self, channel: str, data: bytes) -> int:
-        self._broker._follow_receivers()
-        return super().publish(channel, data)
+        return self._broker._publish(channel, data, super().publish)
 
 
 @contextlib.contextmanager
