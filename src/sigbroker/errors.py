@@ -11,9 +11,9 @@ catches anything the library raises on purpose::
           +-- DeliveryUnknown    the command was written, no reply came: maybe delivered
           +-- BatchRefused       Redis refused some messages of a batch and ran the others
 
-Errors from redis-py never cross the boundary of ``client.py`` and
-``broker.py``: they are re-raised as :class:`BrokerUnavailable`, chained with
-``from`` so that the original cause stays in the traceback.
+Errors from redis-py never leave ``sigbroker.transport``: they are
+re-raised there as :class:`BrokerUnavailable`, chained with ``from`` so that
+the original cause stays in the traceback.
 """
 
 from __future__ import annotations
