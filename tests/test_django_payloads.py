@@ -242,6 +242,13 @@ def test_model_senders_travel_as_their_label(shop: Any) -> None:
     assert sender_reference(Codec) == "sigbroker.codec.Codec"  # other classes: module.QualName
 
 
+def test_model_senders_are_labels_for_receivers_connected_as_models_load(shop: Any) -> None:
+    from sigbroker.routing import describe_receivers
+
+    [row] = describe_receivers(shop.order_shipped)
+    assert row["sender"] == "shop.Order"
+
+
 def test_model_senders_match_receivers_connected_with_the_class(order: Any, shop: Any) -> None:
     got: list[tuple[object, object]] = []
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from sigbroker import Signal, receiver
+
 
 class Customer(models.Model):
     name = models.CharField(max_length=100)
@@ -22,3 +24,13 @@ class PriorityOrder(Order):
     """A multi-table child: the parent's excluded field stays excluded."""
 
     level = models.IntegerField(default=1)
+
+
+# A receiver connected with a model sender while Django imports the models,
+# before any app's ready(): it must record the label "shop.Order".
+order_shipped = Signal(providing_args=["order"])
+
+
+@receiver(order_shipped, sender=Order)
+def on_order_shipped(sender: type, order: object, **kwargs: object) -> None:
+    """Connected at import time."""
