@@ -273,3 +273,18 @@ def test_the_graph_reader_sees_every_kind_of_import() -> None:
     assert init[f"{PACKAGE}.broker"] is False
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_only_the_django_app_imports_django() -> None:
+    # Django is an optional extra: the core, the CLI and the transport never need it.
+    outside = [
+        f"{module} imports django at line {i.line}"
+        for module, found in IMPORTS.items()
+        if not _is_part_of(module, "contrib.django")
+        for i in found
+        if i.target == "django"
+    ]
+    assert outside == [], outside
+    # The app's package re-exports the snapshots, which need no Django either.
+    chains = loads(f"{PACKAGE}.contrib.django")
+    assert "django" not in chains, " -> ".join(chains.get("django", []))

@@ -1,7 +1,9 @@
 """The process-wide default configuration, and the default client built from it.
 
-``configure()`` sets it explicitly; otherwise it is read from the environment
-the first time it is needed:
+Each setting comes from the first of: ``configure()``; a framework's settings
+(the Django app, ``sigbroker.contrib.django``, installs its ``settings.py``
+as a source with :func:`set_source`); the environment, read the first time
+a setting is needed:
 
 * ``SIGBROKER_URL``, else ``REDIS_URL``, else ``redis://localhost:6379/0``
 * ``SIGBROKER_NAMESPACE`` (default ``sigbroker``)
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, cast
 
@@ -34,8 +36,11 @@ __all__ = [
     "DEFAULT_URL",
     "ClientFactory",
     "Settings",
+    "SettingsSource",
     "configure",
     "default_client",
+    "reload",
+    "set_source",
 ]
 
 #: Where a client connects when neither configure() nor the environment says.
@@ -47,6 +52,11 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 
 Secret = str | bytes
 SecretSetting = Secret | Sequence[Secret] | None
+
+#: A framework's settings: returns the ones it sets, by ``configure()``'s
+#: argument names (``url``, ``namespace``, ``secret``, ``eager``), with the
+#: types ``configure()`` takes. It is called again whenever settings are resolved.
+SettingsSource = Callable[[], Mapping[str, object]]
 
 
 class SupportsClose(Protocol):
@@ -127,6 +137,28 @@ def from_environment() -> Settings:
 _lock = threading.Lock()
 _settings: Settings | None = None
 _client: SupportsClose | None = None
+_source: SettingsSource | None = None
+#: The arguments of the last configure() call that were not None.
+_explicit: dict[str, object] = {}
+
+
+def _resolve(explicit: Mapping[str, object]) -> Settings:
+    """The settings: ``explicit`` ones, else the source's, else the environment's."""
+    chosen = dict(_source()) if _source is not None else {}
+    chosen.update(explicit)
+    env = from_environment()
+    url, namespace = chosen.get("url"), chosen.get("namespace")
+    eager = chosen.get("eager")
+    return Settings(
+        url=url if isinstance(url, str) else env.url,
+        namespace=namespace if isinstance(namespace, str) else env.namespace,
+        secrets=(
+            normalize_secrets(cast(SecretSetting, chosen["secret"]))
+            if chosen.get("secret") is not None
+            else env.secrets
+        ),
+        eager=eager if isinstance(eager, bool) else env.eager,
+    )
 
 
 def configure(
@@ -137,32 +169,74 @@ def configure(
 ) -> Settings:
     """Set the process-wide default that ``Signal.send`` uses.
 
-    Arguments left as None keep the value from the environment. The previous
-    default client, if any, is closed; the next send builds a new one.
+    Arguments left as None keep the value of the framework's settings (the
+    Django app's ``SIGBROKER_*`` settings), else of the environment. The
+    previous default client, if any, is closed; the next send builds a new one.
     """
-    global _settings, _client
-    env = from_environment()
-    new = Settings(
-        url=url if url is not None else env.url,
-        namespace=namespace if namespace is not None else env.namespace,
-        secrets=normalize_secrets(secret) if secret is not None else env.secrets,
-        eager=eager if eager is not None else env.eager,
-    )
+    global _settings, _client, _explicit
+    given: dict[str, object] = {
+        "url": url,
+        "namespace": namespace,
+        "secret": secret,
+        "eager": eager,
+    }
+    explicit = {name: value for name, value in given.items() if value is not None}
+    new = _resolve(explicit)
     with _lock:
-        old, _settings, _client = _client, new, None
+        old, _settings, _client, _explicit = _client, new, None, explicit
     if old is not None:
         old.close()
     return new
 
 
+def set_source(source: SettingsSource | None) -> None:
+    """Read settings from ``source`` (None: no source), below ``configure()``'s.
+
+    The settings are resolved again at once; when the connection settings
+    changed (not only ``eager``), the default client is closed and the next
+    send builds a new one. The Django app calls it at startup and again when
+    a test changes a ``SIGBROKER_*`` setting (``override_settings``).
+    """
+    global _source
+    with _lock:
+        _source = source
+    reload()
+
+
+def reload() -> Settings:
+    """Resolve the settings again (a source's values changed); return them.
+
+    The arguments of the last ``configure()`` still win. A default client
+    built with other connection settings is closed; one installed by
+    :func:`swap_default_client` (``sigbroker.testing``) is left in place
+    when they did not change.
+    """
+    global _settings, _client
+    new = _resolve(_explicit)
+    with _lock:
+        old_settings, _settings = _settings, new
+        # No settings yet: no client was built from them (one may be swapped in).
+        same_connection = old_settings is None or (
+            (old_settings.url, old_settings.namespace, old_settings.secrets)
+            == (new.url, new.namespace, new.secrets)
+        )
+        old_client = None if same_connection else _client
+        if old_client is not None:
+            _client = None
+    if old_client is not None:
+        old_client.close()
+    return new
+
+
 def settings() -> Settings:
-    """Return the current settings, reading the environment on first use."""
+    """Return the current settings, resolving them on first use."""
     global _settings
     current = _settings
     if current is None:
+        resolved = _resolve(_explicit)
         with _lock:
             if _settings is None:
-                _settings = from_environment()
+                _settings = resolved
             current = _settings
     return current
 
@@ -203,9 +277,12 @@ def swap_default_client(client: SupportsClose | None) -> SupportsClose | None:
 
 
 def reset() -> None:
-    """Forget the configuration and close the default client (for tests)."""
-    global _settings, _client
+    """Forget the configuration and close the default client (for tests).
+
+    A settings source stays installed: it is the process's, not a test's.
+    """
+    global _settings, _client, _explicit
     with _lock:
-        old, _settings, _client = _client, None, None
+        old, _settings, _client, _explicit = _client, None, None, {}
     if old is not None:
         old.close()

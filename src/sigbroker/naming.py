@@ -4,8 +4,10 @@ A signal is known on the wire by its name, ``"<module>.<variable>"`` unless
 given: :func:`find_signal_name` finds the module-level variable that holds it.
 A sender travels as a reference (:func:`sender_reference`): a class as
 ``"module.QualName"`` (built by :func:`qualified_name`, the one place that
-builds it), a string as itself, None as nil. Nothing here imports a module or
-looks a name up because a message named it.
+builds it), a string as itself, None as nil; a framework can reference some
+classes its own way (:func:`set_class_reference`: the Django app names a model
+by its label, ``"shop.Order"``). Nothing here imports a module or looks a
+name up because a message named it.
 
 :class:`SignalLike` is what a client needs of a signal, so that the client
 does not import :mod:`sigbroker.signal`.
@@ -14,7 +16,7 @@ does not import :mod:`sigbroker.signal`.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .errors import ConfigurationError, PayloadError
@@ -26,6 +28,7 @@ __all__ = [
     "find_signal_name",
     "qualified_name",
     "sender_reference",
+    "set_class_reference",
 ]
 
 
@@ -55,8 +58,26 @@ def callable_name(func: object) -> str:
     return name if isinstance(name, str) and name else repr(func)
 
 
+#: How a class sender is referenced; see :func:`set_class_reference`.
+_class_reference: Callable[[type], str] = qualified_name
+
+
+def set_class_reference(reference: Callable[[type], str] | None) -> None:
+    """Reference class senders with ``reference(cls)`` from now on (None: ``"module.QualName"``).
+
+    The Django app installs one that names a model class by its label
+    (``"shop.Order"``) and every other class by :func:`qualified_name`. It
+    must be installed before receivers are connected with a class sender:
+    a connection records its sender's reference when it is made.
+    """
+    global _class_reference
+    _class_reference = qualified_name if reference is None else reference
+
+
 def sender_reference(sender: object) -> str | None:
     """Return how ``sender`` travels on the wire: ``"module.QualName"``, the string, or None.
+
+    A class is referenced as the installed :func:`set_class_reference` says.
 
     Raises :class:`PayloadError` for any other object: a model instance or a
     request means nothing in another process, so it is refused at the sender.
@@ -64,7 +85,7 @@ def sender_reference(sender: object) -> str | None:
     if sender is None or isinstance(sender, str):
         return sender
     if isinstance(sender, type):
-        return qualified_name(sender)
+        return _class_reference(sender)
     raise PayloadError(
         "senders that cross the wire must be a class, a string or None, "
         f"not {qualified_name(type(sender))}"

@@ -62,7 +62,10 @@ big-endian payload are::
 
 Registered types (:func:`register_type`) travel under their name and are
 found again only in the local registry: no name from the wire is ever
-imported or looked up with ``getattr``. An aware datetime or time comes back
+imported or looked up with ``getattr``. A type registered with
+``subclasses=True`` lends its name to its subclasses: the Django app sends
+every model under ``"django.model"`` (its payloads' layouts are in
+:mod:`sigbroker.contrib.django.payloads`). An aware datetime or time comes back
 with a fixed-offset :class:`~datetime.timezone` and the same offset; a time
 whose tzinfo gives no offset (a ``ZoneInfo`` on a bare time) goes out naive.
 

@@ -124,6 +124,8 @@ class Encoder:
         registration = BY_TYPE[type(value)]
         try:
             encoded = registration.encode(value)
+        except PayloadError as exc:  # refused in the encoder's own words
+            raise Refused(str(exc)) from exc
         except Exception as exc:
             raise Refused(
                 f"could not be encoded: the encoder registered for"

@@ -1,10 +1,11 @@
 """The registry of users' types, and the classification of every other type.
 
-:func:`register_type` lets instances of a class travel under a name; the
-decoder finds them again by that name in :data:`BY_NAME` only, never by
-importing anything. :func:`classify` files a type seen for the first time
-(a subclass of a built-in type, or an unsupported one) into the dispatch
-tables of :mod:`sigbroker.codec.types`. Part of :mod:`sigbroker.codec`.
+:func:`register_type` lets instances of a class (and, with
+``subclasses=True``, of its subclasses) travel under a name; the decoder
+finds them again by that name in :data:`BY_NAME` only, never by importing
+anything. :func:`classify` files a type seen for the first time (a subclass
+of a registered base or of a built-in type, or an unsupported one) into the
+dispatch tables of :mod:`sigbroker.codec.types`. Part of :mod:`sigbroker.codec`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Registration:
     encode: Callable[[Any], Any]
     decode: Callable[[Any], Any]
     prefix: bytes  # array header and packed name, the start of every payload
+    subclasses: bool = False  # instances of subclasses of cls travel under it too
 
     def default(self, enc: Nesting, value: Any) -> msgpack.ExtType:
         """The packer's default hook for this type."""
@@ -55,12 +57,20 @@ class Registration:
 _REGISTRY_LOCK = threading.Lock()
 BY_TYPE: dict[type, Registration] = {}
 BY_NAME: dict[str, Registration] = {}
+#: The registrations made with ``subclasses=True``, by their class.
+BY_BASE: dict[type, Registration] = {}
 
 
 def classify(cls: type) -> int:
     """Find and remember what kind of value an instance of ``cls`` is."""
     with _REGISTRY_LOCK:
         if cls in BY_TYPE:
+            return REGISTERED
+        inherited = _registered_base(cls)
+        if inherited is not None:  # the nearest registered base in the MRO
+            BY_TYPE[cls] = inherited
+            KINDS[cls] = REGISTERED
+            DEFAULTS[cls] = inherited.default
             return REGISTERED
         kind: int = UNSUPPORTED
         if not issubclass(cls, Enum):
@@ -75,12 +85,23 @@ def classify(cls: type) -> int:
         return kind
 
 
+def _registered_base(cls: type) -> Registration | None:
+    if not BY_BASE:
+        return None
+    for base in cls.__mro__[1:]:
+        registration = BY_BASE.get(base)
+        if registration is not None:
+            return registration
+    return None
+
+
 def register_type(
     cls: type,
     encode: Callable[[Any], Any] | None = None,
     decode: Callable[[Any], Any] | None = None,
     *,
     name: str | None = None,
+    subclasses: bool = False,
 ) -> None:
     """Let instances of ``cls`` travel in signal arguments.
 
@@ -90,8 +111,13 @@ def register_type(
     travels under ``name`` (default ``"module.QualName"``), which the worker
     must have registered too: a message naming an unknown type is rejected.
     ``decode`` gets what arrived on the wire and should check it; whatever it
-    raises rejects the message as :class:`InvalidMessage`.
-    Only instances of exactly ``cls`` match, not of its subclasses.
+    raises rejects the message as :class:`InvalidMessage`. ``encode`` may
+    raise :class:`PayloadError` to refuse a value in its own words, which
+    follow ``"argument 'name' "`` in the error (``"is an unsaved shop.Order"``).
+    Only instances of exactly ``cls`` match, unless ``subclasses`` is true:
+    then instances of its subclasses travel under the same name and
+    functions too (every Django model under one name, for instance), unless
+    a subclass or a nearer base is registered itself.
     Registering a class again replaces its functions (and name). A name that
     belongs to another class raises :class:`ConfigurationError`, unless that
     class has the same module and qualname (a reloaded module): the new class
@@ -110,7 +136,7 @@ def register_type(
     if not isinstance(wire_name, str) or not 0 < len(wire_name.encode()) <= 255:
         raise ConfigurationError(f"a type name must be a string of 1 to 255 bytes: {wire_name!r}")
     prefix = b"\x92" + msgpack.packb(wire_name)
-    registration = Registration(cls, wire_name, encode, decode, prefix)
+    registration = Registration(cls, wire_name, encode, decode, prefix, subclasses)
     with _REGISTRY_LOCK:
         holder = BY_NAME.get(wire_name)
         if holder is not None and holder.cls is not cls:
@@ -126,6 +152,25 @@ def register_type(
         KINDS[cls] = REGISTERED
         DEFAULTS[cls] = registration.default
         LEAVES.discard(cls)
+        BY_BASE.pop(cls, None)
+        if subclasses:
+            BY_BASE[cls] = registration
+        _reclassify_subclasses(cls)
+
+
+def _reclassify_subclasses(cls: type) -> None:
+    """Make the subclasses of ``cls`` filed so far be classified again, on next use.
+
+    The caller holds the registry lock. A subclass registered itself stays.
+    """
+    for seen in [t for t in KINDS if t is not cls and t not in BUILTIN and issubclass(t, cls)]:
+        own = BY_TYPE.get(seen)
+        if own is not None and own.cls is seen:
+            continue
+        BY_TYPE.pop(seen, None)
+        KINDS.pop(seen, None)
+        DEFAULTS.pop(seen, None)
+        LEAVES.discard(seen)
 
 
 def _forget(cls: type) -> None:
@@ -134,3 +179,5 @@ def _forget(cls: type) -> None:
     del BY_NAME[registration.name]
     KINDS.pop(cls, None)
     DEFAULTS.pop(cls, None)
+    BY_BASE.pop(cls, None)
+    _reclassify_subclasses(cls)

@@ -1,0 +1,12 @@
+"""sigbroker's Django app: ``INSTALLED_APPS += ["sigbroker.contrib.django"]``.
+
+At startup (:mod:`.apps`) it names model senders by their label
+(:mod:`.senders`), reads the ``SIGBROKER_*`` settings (:mod:`.settings`) and
+registers the Django payloads (:mod:`.payloads`): model instances, requests
+and forms. This module only re-exports what receivers may meet: the
+snapshots that stand for Django objects on the receiving side.
+"""
+
+from .snapshots import FormSnapshot, ModelSnapshot, RequestSnapshot
+
+__all__ = ["FormSnapshot", "ModelSnapshot", "RequestSnapshot"]
