@@ -150,7 +150,7 @@ class _Transport(MemoryTransport):
     """The memory transport of an :class:`InMemoryBroker`: it records, and starts the worker."""
 
     def __init__(self, broker: InMemoryBroker) -> None:
-        super().__init__()
+        super().__init__(record=True)  # the raw bytes too: tests look inside them
         self._broker = broker
 
     def publish(self, channel: str, data: bytes) -> int:
