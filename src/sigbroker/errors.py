@@ -1,22 +1,19 @@
 """The exceptions sigbroker raises, and the one it delivers.
 
 Every exception that sigbroker raises derives from :class:`SigbrokerError`, so
-``except SigbrokerError`` catches anything the library raises on purpose::
-
-    SigbrokerError
-     +-- ConfigurationError      a setting, URL or signal name that can not work
-     +-- PayloadError            a send refused before anything was published
-     +-- InvalidMessage          a message from the wire that the decoder rejected
-     +-- BrokerUnavailable       Redis could not be reached within the bound
-          +-- DeliveryUnknown    the command was written, no reply came: maybe delivered
-          +-- BatchRefused       Redis refused some messages of a batch and ran the others
-
-One more is a value, never raised by sigbroker::
+``except SigbrokerError`` catches anything the library raises on purpose.
+:class:`RemoteError` is apart: a value that sigbroker delivers, never raises::
 
     Exception
-     +-- RemoteError             an exception that was sent in a signal's arguments, as
-                                 it arrives: type name, args and message, never the
-                                 original class
+     +-- SigbrokerError
+     |    +-- ConfigurationError      a setting, URL or signal name that can not work
+     |    +-- PayloadError            a send refused before anything was published
+     |    +-- InvalidMessage          a message from the wire that the decoder rejected
+     |    +-- BrokerUnavailable       Redis could not be reached within the bound
+     |         +-- DeliveryUnknown    the command was written, no reply came: maybe delivered
+     |         +-- BatchRefused       Redis refused some messages of a batch and ran the others
+     +-- RemoteError                  an exception sent in a signal's arguments, as it arrives:
+                                      type name, args and message, never the original class
 
 Errors from redis-py never cross the boundary of ``client.py`` and
 ``broker.py``: they are re-raised as :class:`BrokerUnavailable`, chained with
