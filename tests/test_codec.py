@@ -34,7 +34,7 @@ from sigbroker.codec import (
     origin,
     register_type,
 )
-from sigbroker.errors import ConfigurationError, InvalidMessage, PayloadError
+from sigbroker.errors import ConfigurationError, InvalidMessage, PayloadError, RemoteError
 
 # -- helpers ------------------------------------------------------------------
 
@@ -56,6 +56,8 @@ def canonical(value: Any) -> Any:
         return (cls.__name__, frozenset(canonical(item) for item in value))
     if cls is dict:
         return ("dict", frozenset((canonical(k), canonical(v)) for k, v in value.items()))
+    if cls is RemoteError:
+        return ("RemoteError", value.type_name, canonical(value.args), value.message)
     return (cls.__qualname__, value)
 
 

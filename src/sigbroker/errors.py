@@ -1,15 +1,19 @@
-"""The exceptions sigbroker raises.
+"""The exceptions sigbroker raises, and the one it delivers.
 
-Every exception derives from :class:`SigbrokerError`, so ``except SigbrokerError``
-catches anything the library raises on purpose::
+Every exception that sigbroker raises derives from :class:`SigbrokerError`, so
+``except SigbrokerError`` catches anything the library raises on purpose.
+:class:`RemoteError` is apart: a value that sigbroker delivers, never raises::
 
-    SigbrokerError
-     +-- ConfigurationError      a setting, URL or signal name that can not work
-     +-- PayloadError            a send refused before anything was published
-     +-- InvalidMessage          a message from the wire that the decoder rejected
-     +-- BrokerUnavailable       Redis could not be reached within the bound
-          +-- DeliveryUnknown    the command was written, no reply came: maybe delivered
-          +-- BatchRefused       Redis refused some messages of a batch and ran the others
+    Exception
+     +-- SigbrokerError
+     |    +-- ConfigurationError      a setting, URL or signal name that can not work
+     |    +-- PayloadError            a send refused before anything was published
+     |    +-- InvalidMessage          a message from the wire that the decoder rejected
+     |    +-- BrokerUnavailable       Redis could not be reached within the bound
+     |         +-- DeliveryUnknown    the command was written, no reply came: maybe delivered
+     |         +-- BatchRefused       Redis refused some messages of a batch and ran the others
+     +-- RemoteError                  an exception sent in a signal's arguments, as it arrives:
+                                      type name, args and message, never the original class
 
 Errors from redis-py never leave ``sigbroker.transport``: they are
 re-raised there as :class:`BrokerUnavailable`, chained with ``from`` so that
@@ -18,7 +22,8 @@ the original cause stays in the traceback.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = [
     "BatchRefused",
@@ -27,6 +32,7 @@ __all__ = [
     "DeliveryUnknown",
     "InvalidMessage",
     "PayloadError",
+    "RemoteError",
     "SigbrokerError",
 ]
 
@@ -93,3 +99,59 @@ class BatchRefused(BrokerUnavailable):
     def __init__(self, message: str, results: Sequence[int | BrokerUnavailable]) -> None:
         super().__init__(message)
         self.results = list(results)
+
+
+class RemoteError(Exception):
+    """An exception that a sender put in a signal's arguments, as a receiver gets it.
+
+    Any exception in a payload (``task_failed.send(sender, exception=exc)``,
+    or one inside a list or dict) travels as its type's qualified name, its
+    args and its message, and arrives as a ``RemoteError``, wherever it sat.
+    ``type_name`` is ``"module.QualName"`` of the original type
+    (``"builtins.ValueError"``, ``"shop.errors.PaymentDeclined"``); ``args``
+    keeps each original argument that the codec can encode and puts the
+    ``repr()`` of any other, cut to a bound, in its place; ``message`` is
+    ``str()`` of the original, cut to a bound.
+
+    The original class is never rebuilt, imported or looked up: a receiver
+    compares ``type_name`` with a string. The traceback, ``__cause__`` and
+    ``__context__`` and other attributes do not travel (pass a formatted
+    traceback as an argument of its own, as viewflow's ``task_failed`` does).
+    A ``RemoteError`` sent again travels as itself, so a worker can forward
+    it. Two are equal when their type name, args and message are. ``str()``
+    reads like the original's traceback line, ``"ValueError: bad amount"``.
+    """
+
+    type_name: str
+    message: str
+
+    def __init__(self, type_name: str, args: Iterable[Any] = (), message: str = "") -> None:
+        if not isinstance(type_name, str) or not type_name or not isinstance(message, str):
+            raise TypeError("RemoteError needs a type_name (a str, not empty) and a str message")
+        super().__init__(*args)  # self.args: the original args
+        self.type_name = type_name
+        self.message = message
+
+    def __str__(self) -> str:
+        name = self.type_name.rpartition(".")[2]
+        return f"{name}: {self.message}" if self.message else name
+
+    def __repr__(self) -> str:
+        return f"RemoteError({self.type_name!r}, {self.args!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RemoteError):
+            return NotImplemented
+        return (self.type_name, self.args, self.message) == (
+            other.type_name,
+            other.args,
+            other.message,
+        )
+
+    def __hash__(self) -> int:
+        # args may hold lists: hash what is always hashable, as equal values must agree.
+        return hash((self.type_name, self.message))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException's would call RemoteError(*args): copy and pickle need the fields.
+        return (RemoteError, (self.type_name, self.args, self.message), self.__dict__)

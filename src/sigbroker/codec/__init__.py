@@ -59,6 +59,7 @@ big-endian payload are::
      9  Decimal              ASCII ``str(value)``: "1.10", "-0", "NaN", "sNaN", "-Infinity"
     10  UUID                 the 16 bytes
     11  registered type      msgpack array [name: str, encoded value]
+    12  exception            msgpack array [type name: str, args: array, message: str]
 
 Registered types (:func:`register_type`) travel under their name and are
 found again only in the local registry: no name from the wire is ever
@@ -69,6 +70,17 @@ every model under ``"django.model"`` (its payloads' layouts are in
 with a fixed-offset :class:`~datetime.timezone` and the same offset; a time
 whose tzinfo gives no offset (a ``ZoneInfo`` on a bare time) goes out naive.
 
+Any exception (an instance of a ``BaseException`` subclass that is not
+registered) travels as code 12 and arrives as a
+:class:`~sigbroker.errors.RemoteError`, never as its own class: the type name
+is ``"module.QualName"`` (1 to ``MAX_REMOTE_TYPE_CHARS`` characters), the
+message ``str(exc)`` cut to ``MAX_REMOTE_MESSAGE_CHARS``, and each of
+``exc.args`` goes as itself when the sender can encode it within the limits,
+else as its ``repr()`` cut to ``MAX_REMOTE_REPR_CHARS`` (the constants are in
+:mod:`sigbroker.codec.limits`). A ``RemoteError`` travels as the exception it
+stands for, so a forwarded one arrives equal. The traceback, ``__cause__``,
+``__context__``, notes and other attributes are not carried.
+
 Exact types are what count. Unregistered subclasses of the supported types go
 out as their base type (a ``SafeString`` as str, an ``OrderedDict`` as dict,
 a ``namedtuple`` as tuple, freezegun's datetime as datetime), except Enum
@@ -77,9 +89,11 @@ silently.
 
 Limits
 ------
-Depth counts nested containers (list, tuple, dict, set, frozenset) and
-registered values (one level around their encoded form): an argument that is
-a scalar has depth 0, a list of ints depth 1. The sender refuses what breaks
+Depth counts nested containers (list, tuple, dict, set, frozenset),
+registered values (one level around their encoded form) and exceptions (one
+level around their args): an argument that is a scalar has depth 0, a list of
+ints depth 1, ``ValueError("bad", [1])`` depth 2. An exception's array and its
+args array count as values like any list. The sender refuses what breaks
 a limit, so that a message that was sent is one that workers accept. The
 decoder checks the size before any work, parses the envelope under tight
 limits, and unpacks the arguments only after the signature was verified.

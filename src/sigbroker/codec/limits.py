@@ -26,6 +26,13 @@ PRESCAN_MIN_BYTES: Final = 256
 HASH_CHECK_MIN_ITEMS: Final = 16
 #: Most keys of one map or set that may share a hash value with another key.
 MAX_SHARED_HASHES: Final = 32
+#: Characters of an exception's type name that travel (the sender cuts, the decoder checks).
+MAX_REMOTE_TYPE_CHARS: Final = 512
+#: Characters of an exception's message, ``str(exc)``, that travel.
+MAX_REMOTE_MESSAGE_CHARS: Final = 2048
+#: Characters of the ``repr()`` that travels in place of an exception's argument
+#: that the codec can not encode.
+MAX_REMOTE_REPR_CHARS: Final = 256
 
 # Python hashes these with a per-process random key (PYTHONHASHSEED), so an
 # attacker can not choose many of them with one hash value.
@@ -114,7 +121,7 @@ def make_dict(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return dict(pairs)
 
 
-def short(value: object) -> str:
+def short(value: object, max_chars: int = 100) -> str:
     """A short repr, safe to put in an error message about hostile input."""
     if isinstance(value, str | bytes):
         value = value[:80]
@@ -122,7 +129,12 @@ def short(value: object) -> str:
         text = repr(value)
     except Exception:  # a huge int has no repr, and a user's __repr__ may fail
         text = f"<{type(value).__qualname__} object>"
-    return text if len(text) <= 100 else text[:97] + "..."
+    return cut(text, max_chars)
+
+
+def cut(text: str, max_chars: int) -> str:
+    """``text``, or its start and ``"..."`` in ``max_chars`` characters when it is longer."""
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 
 def describe(exc: BaseException) -> str:

@@ -17,10 +17,29 @@ from typing import Any, Final
 
 import msgpack
 
-from ..errors import PayloadError
-from .limits import Limits, describe, short
+from ..errors import PayloadError, RemoteError
+from ..naming import qualified_name
+from .limits import (
+    MAX_REMOTE_MESSAGE_CHARS,
+    MAX_REMOTE_REPR_CHARS,
+    MAX_REMOTE_TYPE_CHARS,
+    Limits,
+    cut,
+    describe,
+    short,
+)
 from .registry import BY_TYPE, classify
-from .types import DEFAULTS, KINDS, LEAF, LEAVES, MAP, REGISTERED, UNSUPPORTED, encode_leaf
+from .types import (
+    DEFAULTS,
+    EXCEPTION,
+    KINDS,
+    LEAF,
+    LEAVES,
+    MAP,
+    REGISTERED,
+    UNSUPPORTED,
+    encode_leaf,
+)
 
 _STR: Final = frozenset({str})
 # CPython 3.11 compiles a method call on an imported name to an attribute
@@ -46,9 +65,9 @@ class Encoder:
     """One encoding: the packer's default hook, and the walk that checks arguments.
 
     The walk runs before packing, so that an argument is refused with its name
-    and nothing is half packed. It calls the encoders of registered types and
-    keeps their results in ``cache`` for the default hook, so that each is
-    called once per value.
+    and nothing is half packed. It calls the encoders of registered types, and
+    turns exceptions into :class:`RemoteError` values, and keeps the results in
+    ``cache`` for the default hook, so that each is made once per value.
     """
 
     __slots__ = ("cache", "max_depth", "max_len", "values")
@@ -79,10 +98,12 @@ class Encoder:
         return packed
 
     def stand_in(self, value: Any) -> Any:
-        """The stand-in of a registered value: the walk's, or a fresh one."""
+        """The stand-in of a registered value or an exception: the walk's, or a fresh one."""
         hit = self.cache.get(id(value))
         if hit is not None and hit[0] is value:
             return hit[1]
+        if isinstance(value, BaseException) and type(value) not in BY_TYPE:
+            return self.remote(value, self.max_depth)[0]
         return BY_TYPE[type(value)].encode(value)
 
     def measure(self, value: Any, budget: int) -> int:
@@ -95,6 +116,8 @@ class Encoder:
             raise _unsupported(cls)
         if budget <= 0:
             raise Refused(f"nests deeper than the limit of {self.max_depth} levels")
+        if kind == EXCEPTION:
+            return 1 + self.measure_exception(value, budget - 1)
         if kind == REGISTERED:
             self.values += 2  # it travels as [name, encoded value]
             return 1 + self.measure(self.encoded(value), budget - 1)
@@ -116,6 +139,58 @@ class Encoder:
             return 0
         return max(self.measure(item, budget) for item in items)
 
+    def measure_exception(self, value: BaseException, budget: int) -> int:
+        """The depth of the args of an exception as it travels; keeps its RemoteError."""
+        hit = self.cache.get(id(value))
+        if hit is not None and hit[0] is value:  # the same exception, met again
+            counted = self.values
+            try:
+                self.values += 3 + len(hit[1].args)  # it travels as [type name, args, message]
+                return self.measure_items(hit[1].args, budget)
+            except Refused:  # met deeper: made again to fit, and packed so everywhere
+                self.values = counted
+        remote, depth = self.remote(value, budget)
+        self.cache[id(value)] = (value, remote)
+        return depth
+
+    def remote(self, value: BaseException, budget: int) -> tuple[RemoteError, int]:
+        """The RemoteError that ``value`` travels as, and the depth of its args.
+
+        Each argument that the walk accepts within ``budget`` is kept; any
+        other travels as its ``repr()``, cut to a bound. Counts the values
+        as the decoder will.
+        """
+        if isinstance(value, RemoteError):  # forwarded: it travels as itself
+            type_name, message = value.type_name, value.message
+        else:
+            type_name, message = qualified_name(type(value)), _text(value)
+        args = value.args if type(value.args) is tuple else ()
+        if len(args) > self.max_len:
+            raise Refused(
+                f"holds an exception of {len(args)} args, over the limit of {self.max_len}"
+            )
+        self.values += 3 + len(args)
+        kept = []
+        depth = 0
+        for arg in args:
+            counted = self.values
+            try:
+                depth = max(depth, self.measure(arg, budget))
+            except Refused:
+                self.values = counted
+                arg = short(arg, MAX_REMOTE_REPR_CHARS)
+            else:
+                if _kind_of(type(arg)) == EXCEPTION:
+                    # Its RemoteError, just made: an exception among its own args
+                    # (or deeper) then packs as the RemoteErrors of each level.
+                    arg = self.cache[id(arg)][1]
+            kept.append(arg)
+        remote = RemoteError(
+            cut(type_name, MAX_REMOTE_TYPE_CHARS), kept, cut(message, MAX_REMOTE_MESSAGE_CHARS)
+        )
+        self.cache[id(remote)] = (remote, remote)
+        return remote, depth
+
     def encoded(self, value: Any) -> Any:
         """Call the registered encoder of ``value`` once, and keep its stand-in."""
         hit = self.cache.get(id(value))
@@ -133,6 +208,13 @@ class Encoder:
             ) from exc
         self.cache[id(value)] = (value, encoded)
         return encoded
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a user's __str__ may fail: the message is not worth a refused send
+        return "<exception str() failed>"
 
 
 _PLAIN: Final = Encoder()  # holds nothing: for arguments that are all leaves

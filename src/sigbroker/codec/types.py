@@ -2,7 +2,8 @@
 
 The extension codes, the encoders and decoders of the built-in types, and the
 tables that dispatch on a value's exact type: its kind (a leaf, a sequence, a
-map, a registered type, or unsupported) and the packer's default hook for it.
+map, a registered type, an exception, or unsupported) and the packer's
+default hook for it.
 Subclasses and registered types are added to the tables by
 :mod:`sigbroker.codec.registry`. The wire format itself is described in the
 docstring of :mod:`sigbroker.codec`, which exports the public names.
@@ -19,7 +20,7 @@ from uuid import UUID
 
 import msgpack
 
-from ..errors import InvalidMessage
+from ..errors import InvalidMessage, RemoteError
 
 EXT_BIGINT: Final = 1
 EXT_TUPLE: Final = 2
@@ -32,6 +33,7 @@ EXT_TIMEDELTA: Final = 8
 EXT_DECIMAL: Final = 9
 EXT_UUID: Final = 10
 EXT_REGISTERED: Final = 11
+EXT_EXCEPTION: Final = 12
 
 _EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 _ONE_US: Final = timedelta(microseconds=1)
@@ -53,7 +55,7 @@ _OFFSET_US: dict[timedelta, int] = {timedelta(0): 0}
 _FIXED_ZONE_US: dict[timezone, int] = {timezone.utc: 0}
 _ZONES: dict[int, timezone] = {0: timezone.utc}
 
-LEAF, SEQUENCE, MAP, REGISTERED, UNSUPPORTED = 1, 2, 3, 4, 5
+LEAF, SEQUENCE, MAP, REGISTERED, UNSUPPORTED, EXCEPTION = 1, 2, 3, 4, 5, 6
 
 # ExtType is a namedtuple whose __new__ checks its arguments in Python; ours are
 # known good, and building the tuple directly is several times cheaper.
@@ -68,7 +70,8 @@ class Nesting(Protocol):
         """Pack a value nested in another one, with the same default hook."""
 
     def stand_in(self, value: Any) -> Any:
-        """The encoded stand-in of a registered value, from the walk's cache if it is there."""
+        """The encoded stand-in of a registered value, or the :class:`RemoteError`
+        of an exception, from the walk's cache if it is there."""
 
 
 _Default = Callable[[Nesting, Any], Any]
@@ -148,6 +151,12 @@ def _encode_frozenset(enc: Nesting, value: frozenset[Any]) -> msgpack.ExtType:
     return _new_tuple(_ExtType, (EXT_FROZENSET, enc.packb(list(value))))
 
 
+def _encode_exception(enc: Nesting, value: BaseException) -> msgpack.ExtType:
+    remote: RemoteError = enc.stand_in(value)  # args already made encodable by the walk
+    payload = enc.packb([remote.type_name, list(remote.args), remote.message])
+    return _new_tuple(_ExtType, (EXT_EXCEPTION, payload))
+
+
 def _base_value(base: Callable[[Any], Any]) -> _Default:
     # An unregistered subclass of str, int, list... goes out as its base type.
     return lambda enc, value: base(value)
@@ -170,6 +179,7 @@ BASES: Final[tuple[tuple[type, int, _Default], ...]] = (
     (dict, MAP, _base_value(dict)),
     (set, SEQUENCE, _encode_set),
     (frozenset, SEQUENCE, _encode_frozenset),
+    (BaseException, EXCEPTION, _encode_exception),  # RemoteError included
 )
 BUILTIN: Final = frozenset({type(None), bool, bytearray} | {base for base, _, _ in BASES})
 

@@ -7,7 +7,8 @@ per-process random key, so no map can be flooded), extension values that are
 scalars, and short tuples and sets of them. Anything else makes msgpack
 raise, and the careful path (:func:`unpack_carefully`) starts over: it checks
 the hashes of other keys, bounds how deep tuples, sets and registered values
-nest while they are unpacked, and measures the depth of registered values.
+nest while they are unpacked, and measures the depth of registered values
+and exceptions.
 Either way the bytes are prescanned once, and the depth of every argument is
 checked.
 
@@ -26,9 +27,11 @@ from typing import Any, Final
 
 import msgpack
 
-from ..errors import InvalidMessage
+from ..errors import InvalidMessage, RemoteError
 from .limits import (
     HASH_CHECK_MIN_ITEMS,
+    MAX_REMOTE_MESSAGE_CHARS,
+    MAX_REMOTE_TYPE_CHARS,
     PRESCAN_MIN_BYTES,
     Limits,
     check_hashes,
@@ -40,6 +43,7 @@ from .registry import BY_NAME
 from .types import (
     DECODED_CONTAINERS,
     DECODED_LEAVES,
+    EXT_EXCEPTION,
     EXT_FROZENSET,
     EXT_REGISTERED,
     EXT_SET,
@@ -148,8 +152,8 @@ def unpack_carefully(body: bytes, limits: Limits) -> dict[str, Any]:
 
 class _Unpacking:
     """The state of one careful decode: how deep the extension values nest, the
-    depth of each registered value (``memo``, by id, holding the value), and
-    how many values and extension values were unpacked so far."""
+    depth of each registered value and exception (``memo``, by id, holding the
+    value), and how many values and extension values were unpacked so far."""
 
     __slots__ = ("extensions", "level", "max_depth", "max_len", "max_values", "memo", "values")
 
@@ -234,6 +238,8 @@ class _Unpacking:
             return set(items) if code == EXT_SET else frozenset(items)
         if code == EXT_REGISTERED:
             return self.registered(data)
+        if code == EXT_EXCEPTION:
+            return self.exception(data)
         raise InvalidMessage(f"unknown extension type {code}")
 
     def items(self, data: bytes) -> list[Any]:
@@ -262,6 +268,33 @@ class _Unpacking:
         hit = self.memo.get(id(value))
         if hit is not None and hit[0] is value:  # a decoder that hands out shared values
             depth = max(depth, hit[1])
+        self.memo[id(value)] = (value, depth)
+        return value
+
+    def exception(self, data: bytes) -> RemoteError:
+        """Build the RemoteError of an exception payload, and remember its depth.
+
+        The type name is only ever a string here: nothing is imported or looked up.
+        """
+        items = self.items(data)
+        if (
+            len(items) != 3
+            or type(items[0]) is not str
+            or type(items[1]) is not list
+            or type(items[2]) is not str
+        ):
+            raise InvalidMessage("an exception payload is not [type name, args, message]")
+        type_name, args, message = items
+        if not 0 < len(type_name) <= MAX_REMOTE_TYPE_CHARS:
+            raise InvalidMessage(
+                f"an exception's type name is empty or over {MAX_REMOTE_TYPE_CHARS} characters"
+            )
+        if len(message) > MAX_REMOTE_MESSAGE_CHARS:
+            raise InvalidMessage(
+                f"an exception's message is over {MAX_REMOTE_MESSAGE_CHARS} characters"
+            )
+        depth = 1 + self.depth_items(args, self.max_depth - 1)
+        value = RemoteError(type_name, args, message)
         self.memo[id(value)] = (value, depth)
         return value
 
