@@ -273,3 +273,20 @@ def test_the_graph_reader_sees_every_kind_of_import() -> None:
     assert init[f"{PACKAGE}.broker"] is False
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_only_contrib_django_imports_django() -> None:
+    # Django is an extra: the core, the worker, the client, the CLI and the
+    # codec never import it, not even inside a function (signal.py reaches
+    # it through contrib.django.transaction, imported by send_on_commit).
+    outside = [
+        f"{module} imports django at line {i.line}"
+        for module, found in IMPORTS.items()
+        if not _is_part_of(module, "contrib.django")
+        for i in found
+        if i.target == "django"
+    ]
+    assert outside == [], outside
+    for name in ("broker", "dispatch", "client", "config", "signal", "cli"):
+        chains = loads(f"{PACKAGE}.{name}")
+        assert "django" not in chains, " -> ".join(chains["django"])

@@ -1,0 +1,1 @@
+"""Integrations of sigbroker with frameworks: :mod:`sigbroker.contrib.django`."""
