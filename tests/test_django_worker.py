@@ -26,28 +26,15 @@ from sigbroker import Signal, config, receiver
 from sigbroker.errors import ConfigurationError, PayloadError
 from tests.helpers import ROOT, WorkerProcess, wait_for
 
-django = pytest.importorskip("django")
+pytest.importorskip("django")
 
-PROJECT = ROOT / "tests" / "django_project"
-MANAGE = PROJECT / "manage.py"
+from tests.django_setup import MANAGE, setup_project
 
 
-@pytest.fixture(scope="module")
-def project_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+@pytest.fixture(scope="session")
+def project_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Django set up in this process on the project's settings, with a migrated SQLite file."""
-    from django.conf import settings
-
-    db = tmp_path_factory.mktemp("django") / "db.sqlite3"
-    if settings.configured:
-        pytest.skip("Django was configured by another test module with other settings")
-    os.environ["SIGBROKER_TEST_DB"] = str(db)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
-    sys.path.insert(0, str(PROJECT))
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    yield db
+    return setup_project(tmp_path_factory.mktemp("django"))
 
 
 @pytest.fixture
@@ -272,6 +259,17 @@ def test_manage_py_sigbroker_reads_the_projects_settings(
         [sys.executable, "-m", "sigbroker", "inspect"], capture_output=True, text=True, timeout=60
     )
     assert plain.returncode == 2 and "Missing option '-A'" in plain.stderr
+
+
+def test_call_command_runs_the_cli_in_process(
+    project_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from django.core.management import CommandError, call_command
+
+    call_command("sigbroker", "inspect", "--json")
+    assert "billing.receivers.on_order_placed" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="sigbroker no-such-command failed"):
+        call_command("sigbroker", "no-such-command")
 
 
 def test_a_receivers_module_that_fails_to_import_is_an_error(project_db: Path) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
 from sigbroker import config
@@ -85,5 +85,11 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django is untyped here
         parser.add_argument("args", nargs=argparse.REMAINDER)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        """Run the CLI from ``call_command``; its exit status raises :class:`SystemExit`."""
-        run(args, prog_name="sigbroker")
+        """Run the CLI from ``call_command``: return on success, else raise CommandError."""
+        try:
+            run(args, prog_name="sigbroker")
+        except SystemExit as exc:  # click ends every run with one
+            if exc.code not in (0, None):
+                raise CommandError(
+                    f"sigbroker {' '.join(args)} failed", returncode=exc.code
+                ) from None
