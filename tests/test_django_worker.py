@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from sigbroker import Signal, config, receiver
-from sigbroker.errors import ConfigurationError, PayloadError
+from sigbroker.errors import PayloadError
 from tests.helpers import ROOT, WorkerProcess, wait_for
 
 pytest.importorskip("django")
@@ -220,7 +220,6 @@ def test_send_on_commit_without_django_says_so() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert "needs Django" in out.stdout and "sigbroker[django]" in out.stdout
-    assert ConfigurationError  # the error the child printed
 
 
 def _manage(
