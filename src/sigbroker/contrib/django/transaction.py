@@ -12,12 +12,12 @@ callbacks still run). On rollback Django drops the callback and nothing is
 published. Outside a transaction (autocommit) it publishes at once and
 returns the receiver count; inside one it returns None.
 
-The message carries no sequence number (sequence 0): a rolled-back message
-would otherwise leave a gap that workers count as lost, and messages
-published at commit leave in commit order, not call order. So workers do not
-count the losses of these messages. Its send time is the call's: with a
-secret, a transaction that stays open longer than the workers' ``--max-age``
-(300 s) gets its messages rejected as replays.
+A message published at commit carries no sequence number (sequence 0): a
+rolled-back one would otherwise leave a gap that workers count as lost, and
+messages published at commit leave in commit order, not call order. So
+workers do not count the losses of these messages. Its send time is the
+call's: with a secret, a transaction that stays open longer than the
+workers' ``--max-age`` (300 s) gets its messages rejected as replays.
 
 Like Celery's ``delay_on_commit``, it follows the default database's
 transaction. This module imports Django and the client: it is imported by
@@ -69,11 +69,11 @@ def send_on_commit(signal: Any, sender: object, named: dict[str, Any]) -> Any:
 
         return send() if _autocommit(transaction) else _defer(transaction, send, robust=False)
     client = config.default_client(Client)
+    if _autocommit(transaction):
+        return client.send(signal, sender, **named)  # a plain send, with its sequence number
     name = signal.name
     data = client.codec.encode(new_envelope(name, sender_reference(sender), named))
     channel = client.channel(name)
-    if _autocommit(transaction):
-        return client.publish(channel, data)
 
     def publish() -> None:
         try:
