@@ -288,3 +288,6 @@ def test_only_the_django_app_imports_django() -> None:
     # The app's package re-exports the snapshots, which need no Django either.
     chains = loads(f"{PACKAGE}.contrib.django")
     assert "django" not in chains, " -> ".join(chains.get("django", []))
+    for name in ("broker", "dispatch", "client", "config", "signal", "cli"):
+        chains = loads(f"{PACKAGE}.{name}")
+        assert "django" not in chains, " -> ".join(chains["django"])

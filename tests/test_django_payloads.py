@@ -22,7 +22,6 @@ import pytest
 
 django = pytest.importorskip("django")
 
-from django.conf import settings  # noqa: E402
 from django.test.utils import CaptureQueriesContext, override_settings  # noqa: E402
 
 from sigbroker import Client, Signal, config, configure  # noqa: E402
@@ -30,6 +29,7 @@ from sigbroker.codec import Codec  # noqa: E402
 from sigbroker.errors import ConfigurationError, InvalidMessage, PayloadError  # noqa: E402
 from sigbroker.naming import sender_reference  # noqa: E402
 from sigbroker.testing import in_memory  # noqa: E402
+from tests.django_setup import setup_project  # noqa: E402
 
 # The seed's django-registration signal, as the issue sends it.
 user_registered = Signal(providing_args=["user", "request"])
@@ -44,32 +44,8 @@ PROXY_AUTHORIZATION = "Basic proxy-secret-89ab"
 
 @pytest.fixture(scope="module", autouse=True)
 def django_project(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Configure Django once for the module and create the tables."""
-    if not settings.configured:
-        root = tmp_path_factory.mktemp("django")
-        settings.configure(
-            DATABASES={
-                "default": {
-                    "ENGINE": "django.db.backends.sqlite3",
-                    "NAME": str(root / "db.sqlite3"),
-                }
-            },
-            INSTALLED_APPS=[
-                "django.contrib.contenttypes",
-                "django.contrib.auth",
-                "sigbroker.contrib.django",
-                "tests.django_shop",
-            ],
-            SIGBROKER_EXCLUDE_FIELDS={"shop.Order": ["internal_note"]},
-            USE_TZ=True,
-            SECRET_KEY="tests-only",
-            MEDIA_ROOT=str(root / "media"),
-            PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
-        )
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", run_syncdb=True, verbosity=0)
+    """Django on tests/django_project's settings (once per session): tests.django_shop too."""
+    setup_project(tmp_path_factory.mktemp("django"))
     from django.apps import apps
 
     assert apps.is_installed("sigbroker.contrib.django")
@@ -197,11 +173,11 @@ def test_settings_eager_runs_receivers_in_process() -> None:
     try:
         with override_settings(SIGBROKER_EAGER=True):
             assert config.is_eager()
-            assert order_placed.send(sender="shop.Order", order=1) == [(on_order, "ran")]
+            assert order_placed.send(sender="store.Order", order=1) == [(on_order, "ran")]
         assert not config.is_eager()
     finally:
         order_placed.disconnect(on_order)
-    assert calls == [{"signal": order_placed, "sender": "shop.Order", "order": 1}]
+    assert calls == [{"signal": order_placed, "sender": "store.Order", "order": 1}]
 
 
 @pytest.mark.parametrize(
@@ -218,14 +194,14 @@ def test_settings_exclude_fields_names_must_exist() -> None:
     from sigbroker.contrib.django.settings import check_excluded_fields
 
     with (
-        override_settings(SIGBROKER_EXCLUDE_FIELDS={"shop.Order": ["internal_notes"]}),
-        pytest.raises(ConfigurationError, match=r"shop\.Order has no field 'internal_notes'"),
+        override_settings(SIGBROKER_EXCLUDE_FIELDS={"store.Order": ["internal_notes"]}),
+        pytest.raises(ConfigurationError, match=r"store\.Order has no field 'internal_notes'"),
     ):
         check_excluded_fields()
     with override_settings(SIGBROKER_EXCLUDE_FIELDS={"billing.Invoice": ["anything"]}):
         check_excluded_fields()  # a model of another service: not checked here
     with (
-        override_settings(SIGBROKER_EXCLUDE_FIELDS={"shop.Order": "internal_note"}),
+        override_settings(SIGBROKER_EXCLUDE_FIELDS={"store.Order": "internal_note"}),
         pytest.raises(ConfigurationError, match="must be a list of field names"),
     ):
         check_excluded_fields()
@@ -237,7 +213,7 @@ def test_settings_exclude_fields_names_must_exist() -> None:
 def test_model_senders_travel_as_their_label(shop: Any) -> None:
     from django.contrib.auth.models import User
 
-    assert sender_reference(shop.Order) == "shop.Order"
+    assert sender_reference(shop.Order) == "store.Order"
     assert sender_reference(User) == "auth.User"
     assert sender_reference(Codec) == "sigbroker.codec.Codec"  # other classes: module.QualName
 
@@ -246,7 +222,7 @@ def test_model_senders_are_labels_for_receivers_connected_as_models_load(shop: A
     from sigbroker.routing import describe_receivers
 
     [row] = describe_receivers(shop.order_shipped)
-    assert row["sender"] == "shop.Order"
+    assert row["sender"] == "store.Order"
 
 
 def test_model_senders_match_receivers_connected_with_the_class(order: Any, shop: Any) -> None:
@@ -259,14 +235,14 @@ def test_model_senders_match_receivers_connected_with_the_class(order: Any, shop
         got.append((sender, "label"))
 
     order_placed.connect(by_class, sender=shop.Order)
-    order_placed.connect(by_label, sender="shop.Order")
+    order_placed.connect(by_label, sender="store.Order")
     try:
         with in_memory() as broker:
             assert order_placed.send(sender=shop.Order, order=order) == 1
     finally:
         order_placed.disconnect(by_class, sender=shop.Order)
-        order_placed.disconnect(by_label, sender="shop.Order")
-    assert [m.sender for m in broker.sent] == ["shop.Order"]
+        order_placed.disconnect(by_label, sender="store.Order")
+    assert [m.sender for m in broker.sent] == ["store.Order"]
     assert got == [(shop.Order, order), (shop.Order, "label")]
     assert broker.stats.failed == 0
 
@@ -346,7 +322,7 @@ def test_model_instance_multi_table_child_keeps_the_parents_exclusion(shop: Any)
 
 
 def test_model_instance_exclude_fields_setting_applies_at_once(order: Any) -> None:
-    with override_settings(SIGBROKER_EXCLUDE_FIELDS={"shop.Order": ["total"]}):
+    with override_settings(SIGBROKER_EXCLUDE_FIELDS={"store.Order": ["total"]}):
         _, decoded = round_trip(order=order)
         assert decoded["order"].get_deferred_fields() == {"total"}
     _, decoded = round_trip(order=order)
@@ -360,17 +336,17 @@ def test_model_instance_of_a_model_not_installed_arrives_as_a_snapshot(
 
     codec = Codec()
     data = codec.pack(SIGNAL, None, {"order": order, "user": user})
-    # The receiving process has no app "gone": the same bytes under that label.
-    data = data.replace(b"shop.Order", b"gone.Order").replace(b"auth.User", b"gone.User")
+    # The receiving process has no app "other": the same bytes under that label.
+    data = data.replace(b"store.Order", b"other.Order").replace(b"auth.User", b"gone.User")
     decoded = codec.decode(data).kwargs
     snapshot = decoded["order"]
     assert type(snapshot) is ModelSnapshot
-    assert (snapshot.label, snapshot.pk) == ("gone.Order", order.pk)
+    assert (snapshot.label, snapshot.pk) == ("other.Order", order.pk)
     assert snapshot.customer_id == order.customer_id
     assert snapshot.total == Decimal("9.90")
     assert snapshot.receipt == "receipts/r-1.pdf"
     assert set(snapshot.fields) == {"id", "customer_id", "total", "placed_at", "receipt"}
-    assert repr(snapshot) == f"<ModelSnapshot gone.Order pk={order.pk}>"
+    assert repr(snapshot) == f"<ModelSnapshot other.Order pk={order.pk}>"
     with pytest.raises(AttributeError, match="no field 'internal_note'"):
         snapshot.internal_note  # noqa: B018
     with pytest.raises(AttributeError, match="read-only"):
@@ -384,7 +360,7 @@ def test_model_instance_with_a_malformed_payload_is_rejected() -> None:
     # The codec rejects the message with InvalidMessage whatever a decoder raises.
     from sigbroker.contrib.django.payloads.instances import decode_instance
 
-    for bad in (["shop.Order", 1, "default"], [1, 1, None, {}], ["shop.Order", 1, None, {1: 2}]):
+    for bad in (["store.Order", 1, "default"], [1, 1, None, {}], ["store.Order", 1, None, {1: 2}]):
         with pytest.raises(ValueError):
             decode_instance(bad)
 
@@ -530,7 +506,7 @@ def test_bad_input_unsaved_model_instance_is_refused(shop: Any) -> None:
     unsaved = shop.Customer(name="nobody")
     with (
         in_memory() as broker,
-        pytest.raises(PayloadError, match=r"argument 'order' is an unsaved shop\.Customer"),
+        pytest.raises(PayloadError, match=r"argument 'order' is an unsaved store\.Customer"),
     ):
         order_placed.send(sender=None, order=unsaved)
     assert broker.sent == []
@@ -540,7 +516,7 @@ def test_bad_input_queryset_is_refused_suggesting_pks(
     order: Any, shop: Any, all_queries: list[str]
 ) -> None:
     with in_memory() as broker:
-        with pytest.raises(PayloadError, match=r"argument 'order' is a QuerySet of shop.Order"):
+        with pytest.raises(PayloadError, match=r"argument 'order' is a QuerySet of store.Order"):
             order_placed.send(sender=None, order=shop.Order.objects.filter(pk=order.pk))
         with pytest.raises(PayloadError, match=r"values_list\('pk', flat=True\)"):
             order_placed.send(sender=None, order=[order.customer.orders])  # a related manager

@@ -28,7 +28,7 @@ from typing import Any
 
 from ._aio import EventLoopThread
 from .client import Client
-from .dispatch import REPLAY_WINDOW_S, Dispatcher
+from .dispatch import REPLAY_WINDOW_S, Dispatcher, Hook
 from .errors import BrokerUnavailable, ConfigurationError
 from .pool import Pool
 from .signal import Signal, all_signals
@@ -93,6 +93,10 @@ class Worker:
     :meth:`start` runs the worker in a thread and :meth:`stop` ends it warmly.
     When the client has a secret, a message sent more than ``max_age_s``
     ago, or one seen before from its origin, is rejected as a replay.
+    ``before_message`` and ``after_message`` are called around the receivers
+    of each message, in the thread that runs them (see
+    :class:`~sigbroker.dispatch.Dispatcher`); ``manage.py sigbroker worker``
+    closes Django's stale database connections there.
     """
 
     #: True once a stop gave up on messages (past the shutdown timeout, or
@@ -114,6 +118,8 @@ class Worker:
         concurrency: int = 1,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
         max_age_s: float = REPLAY_WINDOW_S,
+        before_message: Hook | None = None,
+        after_message: Hook | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -124,6 +130,8 @@ class Worker:
         self.concurrency = concurrency
         self.shutdown_timeout_s = shutdown_timeout_s
         self.max_age_s = max_age_s
+        self.before_message = before_message
+        self.after_message = after_message
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = Stats()
         self.started_at = 0.0
@@ -191,6 +199,8 @@ class Worker:
             self._loop,
             threads=self.concurrency,
             max_age_s=self.max_age_s,
+            before_message=self.before_message,
+            after_message=self.after_message,
         )
         pool = Pool(self.concurrency) if self.concurrency > 1 else None
         submit = pool.submit if pool is not None else None

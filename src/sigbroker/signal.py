@@ -343,6 +343,25 @@ class Signal:
         # Django 5.2 logs receiver failures of asend_robust as send_robust() too.
         return await self._asend_here(sender, named, "send_robust")
 
+    def send_on_commit(self, sender: object, **named: Any) -> Any:
+        """Send when the current database transaction commits; drop the message on rollback.
+
+        Django only (``pip install 'sigbroker[django]'``): raises
+        :class:`ConfigurationError` without it. The payload is checked and
+        encoded at once, so a bad one raises :class:`PayloadError` here and
+        nothing is deferred; the finished message is published by
+        ``transaction.on_commit(..., robust=True)`` of the default database.
+        Inside ``atomic()`` returns None (the receiver count is not known
+        yet); outside a transaction publishes at once and returns what
+        :meth:`send` returns. In eager mode the receivers run on commit.
+        The details (no sequence number, send time) are in
+        :mod:`sigbroker.contrib.django.transaction`.
+        """
+        # Deferred: importing this module never imports Django (nor redis).
+        from .contrib.django.transaction import send_on_commit
+
+        return send_on_commit(self, sender, named)
+
     # robust: None lets receiver errors propagate; else the method to log them under.
 
     def _send_here(self, sender: object, named: dict[str, Any], robust: str | None) -> Responses:

@@ -1,1 +1,1 @@
-"""A small Django app for tests/test_django_payloads.py (label ``shop``)."""
+"""A small Django app for tests/test_django_payloads.py (label ``store``)."""

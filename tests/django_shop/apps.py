@@ -5,5 +5,5 @@ from django.apps import AppConfig
 
 class ShopConfig(AppConfig):
     name = "tests.django_shop"
-    label = "shop"
+    label = "store"
     default_auto_field = "django.db.models.BigAutoField"

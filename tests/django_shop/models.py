@@ -27,7 +27,7 @@ class PriorityOrder(Order):
 
 
 # A receiver connected with a model sender while Django imports the models,
-# before any app's ready(): it must record the label "shop.Order".
+# before any app's ready(): it must record the label "store.Order".
 order_shipped = Signal(providing_args=["order"])
 
 

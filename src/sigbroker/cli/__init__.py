@@ -22,7 +22,7 @@ import click
 
 from .. import __version__
 from ..errors import SigbrokerError
-from .context import Options
+from .context import Framework, Options
 from .dev import demo, server
 from .inspection import channels, inspect, listen, ping, workers
 from .send import send
@@ -77,8 +77,14 @@ def cli(
     debug: bool,
 ) -> None:
     """Django-style signals across processes, over Redis."""
+    # main() may hand a Framework (manage.py sigbroker) in as the initial object.
+    framework = ctx.obj if isinstance(ctx.obj, Framework) else None
     ctx.obj = Options(
-        url=url, namespace=namespace, secrets=_secrets(secret, secret_file), debug=debug
+        url=url,
+        namespace=namespace,
+        secrets=_secrets(secret, secret_file),
+        debug=debug,
+        framework=framework,
     )
 
 
@@ -104,6 +110,16 @@ for _command in (worker, send, channels, listen, workers, inspect, ping, server,
     cli.add_command(_command)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``sigbroker`` console script."""
-    cli.main(args=argv, prog_name="sigbroker")
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog_name: str = "sigbroker",
+    framework: Framework | None = None,
+) -> None:
+    """Entry point of the ``sigbroker`` console script; exits the process (click's way).
+
+    ``manage.py sigbroker`` calls it with its own ``prog_name`` and a
+    :class:`~sigbroker.cli.context.Framework` that discovers the project's
+    receivers and tends its database connections around each message.
+    """
+    cli.main(args=argv, prog_name=prog_name, obj=framework)

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..errors import SigbrokerError
-from .context import Options, app_option, import_modules, pass_options
+from .context import Options, app_option, load_modules, pass_options
 
 __all__ = [
     "RECOMMENDED_PUBSUB_HARD_BYTES",
@@ -146,7 +146,7 @@ def inspect(opts: Options, modules: tuple[str, ...], as_json: bool) -> None:
     from ..routing import describe_receivers
     from ..signal import all_signals
 
-    import_modules(modules)
+    load_modules(opts, modules)
     rows: list[dict[str, Any]] = []
     for sig in sorted(all_signals(), key=lambda s: s.name_or_none or ""):
         rows.append(

@@ -17,7 +17,7 @@ from types import FrameType
 
 import click
 
-from .context import Options, app_option, import_modules, pass_options
+from .context import Options, app_option, load_modules, pass_options
 
 __all__ = ["LOG_FORMAT", "worker"]
 
@@ -68,12 +68,19 @@ def worker(
     from ..broker import Worker
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    import_modules(modules)
+    loaded = load_modules(opts, modules)
+    framework = opts.framework
+    if framework is not None:
+        logging.getLogger(__name__).info(
+            "%s: imported %s", framework.name, ", ".join(loaded) or "no module"
+        )
     w = Worker(
         opts.client(),
         concurrency=concurrency,
         shutdown_timeout_s=shutdown_timeout,
         max_age_s=max_age,
+        before_message=framework.before_message if framework is not None else None,
+        after_message=framework.after_message if framework is not None else None,
     )
     received = _install_stop_handlers(w.stop, w.stop_now)
     w.run()

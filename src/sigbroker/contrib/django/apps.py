@@ -29,9 +29,11 @@ class SigbrokerConfig(AppConfig):  # type: ignore[misc]  # django ships no types
         install_sender_labels()
 
     def ready(self) -> None:
-        """Read the ``SIGBROKER_*`` settings and register the Django payloads."""
+        """Read the settings, register the payloads, import the apps' signals and receivers."""
+        from .discovery import autodiscover
         from .payloads import register as register_payloads
         from .settings import install as install_settings
 
         install_settings()
         register_payloads()
+        autodiscover()

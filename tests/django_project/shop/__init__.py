@@ -1,0 +1,1 @@
+"""The sender app: orders, and the signals sent about them."""
