@@ -318,3 +318,30 @@ def test_call_needs_a_redis_transport() -> None:
 
     with in_memory() as broker, pytest.raises(ConfigurationError, match="no Redis client"):
         broker.call(lambda r: r.ping())
+
+
+def test_a_signal_losing_its_receivers_does_not_replace_the_worker() -> None:
+    # Receivers collected by the garbage collector while other threads send
+    # must not replace the worker: a replacement under way could drop messages.
+    passing = Signal(name="tests.testing.passing")
+
+    def on_passing(sender: Any, **kwargs: Any) -> None:
+        pass
+
+    got: list[int] = []
+
+    def on_order(sender: Any, order_id: int, **kwargs: Any) -> None:
+        got.append(order_id)
+
+    passing.connect(on_passing, weak=False)
+    order_placed.connect(on_order, weak=False)
+    try:
+        with in_memory() as broker:
+            assert order_placed.send(sender=None, order_id=1, total=None, at=None) == 1
+            worker = broker._worker
+            passing.disconnect(on_passing)
+            assert order_placed.send(sender=None, order_id=2, total=None, at=None) == 1
+            assert broker._worker is worker
+        assert got == [1, 2]
+    finally:
+        order_placed.disconnect(on_order)

@@ -73,6 +73,9 @@ class InMemoryBroker(Client):
         self._receiving: frozenset[Signal] = frozenset()
         self._lock = threading.Lock()  # held while the worker is replaced
         self._held: list[tuple[str, bytes]] = []
+        self._gate = threading.Condition()  # a worker's replacement waits for publishes
+        self._publishing = 0
+        self._replacing = False
         reset_after_fork(self)
 
     def _record(self, data: bytes) -> None:
@@ -86,12 +89,20 @@ class InMemoryBroker(Client):
             # A receiver's own send (or its event loop's): the worker that runs
             # it can not be replaced from here. A message for a signal whose
             # receivers it does not have yet waits for the send outside.
-            if self.deliver and self._wanted() != self._receiving and self._new_channel(channel):
+            if self.deliver and self._new_channel(channel):
                 self._held.append((channel, data))
                 return 1
             return publish(channel, data)
         self._follow_receivers()
-        count = publish(channel, data)
+        with self._gate:  # no worker is replaced while a message is on its way
+            self._gate.wait_for(lambda: not self._replacing)
+            self._publishing += 1
+        try:
+            count = publish(channel, data)
+        finally:
+            with self._gate:
+                self._publishing -= 1
+                self._gate.notify_all()
         while self._held:
             held, self._held = self._held, []
             self._follow_receivers()
@@ -99,32 +110,43 @@ class InMemoryBroker(Client):
                 publish(late_channel, late_data)
         return count
 
-    def _wanted(self) -> frozenset[Signal]:
-        return frozenset(s for s in all_signals() if s.has_remote_receivers())
+    def _missing(self) -> frozenset[Signal]:
+        # Signals with receivers that the worker does not receive yet.
+        return frozenset(s for s in all_signals() if s.has_remote_receivers()) - self._receiving
 
     def _new_channel(self, channel: str) -> bool:
-        known = {self.channel(s) for s in self._receiving}
-        return channel not in known and any(self.channel(s) == channel for s in self._wanted())
+        return any(self.channel(s) == channel for s in self._missing())
 
     def _follow_receivers(self) -> None:
-        """Have a worker receive every signal that has a receiver now (before a publish)."""
-        if not self.deliver:
-            return
-        wanted = self._wanted()
-        if wanted == self._receiving:
+        """Have a worker receive every signal that has a receiver now (before a publish).
+
+        The worker is replaced only when a signal got its first receivers:
+        one that lost them stays received (its messages then reach no one),
+        so that receivers collected by the garbage collector never cause a
+        replacement while other threads send.
+        """
+        if not self.deliver or not self._missing():
             return
         with self._lock:
-            if wanted == self._receiving:
+            missing = self._missing()
+            if not missing:
                 return
-            self._stop_worker()
-            if wanted:
+            with self._gate:
+                self._replacing = True
+                self._gate.wait_for(lambda: self._publishing == 0)
+            try:
+                self._stop_worker()
+                wanted = self._receiving | missing
                 worker = Worker(self, signals=wanted)
                 worker.stats = self.stats
                 worker.start()
                 worker.wait_ready(WORKER_START_TIMEOUT_S)
                 self._worker = worker
-            # Last: a send that sees it finds the worker receiving.
-            self._receiving = wanted
+                self._receiving = wanted
+            finally:
+                with self._gate:
+                    self._replacing = False
+                    self._gate.notify_all()
 
     def _stop_worker(self) -> None:
         worker, self._worker = self._worker, None
@@ -141,6 +163,9 @@ class InMemoryBroker(Client):
     def _after_fork(self) -> None:
         """In a forked child: the parent's worker does not run here; a new lock."""
         self._lock = threading.Lock()
+        self._gate = threading.Condition()
+        self._publishing = 0
+        self._replacing = False
         self._held = []
         self._worker = None
         self._receiving = frozenset()
