@@ -276,6 +276,7 @@ def test_what_can_not_be_encoded_is_logged_once_and_skipped_and_the_send_goes_on
     with override_settings(SIGBROKER_FORWARD={THING: "*"}), in_memory() as broker:
         for _ in range(3):
             thing_happened.send(sender="acme", what=object())
+        thing_happened.send(sender=object(), what="an object as the sender")
         thing_happened.send(sender="acme", what="fine")
     assert [m.kwargs for m in broker.sent] == [{"what": "fine"}]
     lines = [r.getMessage() for r in caplog.records if r.name == forward.__name__]

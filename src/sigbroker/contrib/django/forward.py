@@ -18,9 +18,10 @@ label), a queryset (``post_delete``'s ``origin`` after ``QuerySet.delete()``)
 as its model's label.
 
 A send that can not be forwarded never breaks the sender: a value the codec
-refuses (an unsaved instance in ``pre_save``, an unregistered type) or a
-publish that fails outside a transaction is logged, at most one line per
-signal and kind every 10 s, and that one message is skipped. In eager mode
+refuses (an unsaved instance in ``pre_save``, an unregistered type), a sender
+that is no class, string or None, or a publish that fails outside a
+transaction is logged, at most one line per signal and kind every 10 s, and
+that one message is skipped. In eager mode
 the mirror's receivers run on commit and their exceptions propagate, as
 from any eager send.
 """
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.signals import setting_changed
+from django.db import connections
 from django.db.models import QuerySet
 
 from ... import config
@@ -62,9 +64,11 @@ def _reference(value: object) -> object:
 
 def _forward(mirror: Signal, sender: object, kwargs: dict[str, Any]) -> None:
     named = {key: _reference(value) for key, value in kwargs.items()}
+    # A model signal's database; a third-party signal's "using" may mean something else.
     using = named.get("using")
+    alias = using if isinstance(using, str) and using in connections else None
     try:
-        send_on_commit(mirror, sender, named, using=using if isinstance(using, str) else None)
+        send_on_commit(mirror, sender, named, using=alias)
     except PayloadError as exc:
         _throttle.warning(
             f"payload:{mirror.name}", f"Not forwarding a send of {mirror.name}: {exc}"
