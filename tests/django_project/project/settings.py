@@ -27,6 +27,8 @@ INSTALLED_APPS = [
 ]
 
 SIGBROKER_EXCLUDE_FIELDS = {"store.Order": ["internal_note"]}
+# Django's own post_save of shop.Order, forwarded after commit (tests/test_django_forwarding.py).
+SIGBROKER_FORWARD = {"django.db.models.signals.post_save": ["shop.Order"]}
 MEDIA_ROOT = os.path.join(tempfile.gettempdir(), "sigbroker-django-media")
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

@@ -10,7 +10,7 @@ __all__ = ["SigbrokerConfig"]
 
 
 class SigbrokerConfig(AppConfig):  # type: ignore[misc]  # django ships no types
-    """sigbroker's Django app: model senders by label, settings, and payloads.
+    """sigbroker's Django app: model senders by label, settings, payloads, forwarding.
 
     One call per concern, so that each stays in its module.
     """
@@ -29,11 +29,18 @@ class SigbrokerConfig(AppConfig):  # type: ignore[misc]  # django ships no types
         install_sender_labels()
 
     def ready(self) -> None:
-        """Read the settings, register the payloads, import the apps' signals and receivers."""
+        """Read the settings, register the payloads, import the apps' signals and receivers.
+
+        Then connect the receivers that forward the Django signals that
+        ``SIGBROKER_FORWARD`` names (after autodiscovery: a signals module
+        it imports may define one).
+        """
         from .discovery import autodiscover
+        from .forward import install as install_forwarding
         from .payloads import register as register_payloads
         from .settings import install as install_settings
 
         install_settings()
         register_payloads()
         autodiscover()
+        install_forwarding()

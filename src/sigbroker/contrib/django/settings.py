@@ -16,11 +16,25 @@ It applies to the model and to the models that inherit from it (proxies and
 multi-table children), both when sending and when receiving: such a field
 arrives deferred, and reading it queries the database.
 
+``SIGBROKER_FORWARD`` maps the dotted names of Django signals to the model
+labels whose sends to forward to other services, or ``"*"`` for every
+sender (:mod:`.forward`)::
+
+    SIGBROKER_FORWARD = {
+        "django.db.models.signals.post_save": ["shop.Order"],
+        "registration.signals.user_registered": "*",
+    }
+
+It is checked at startup: a module that does not import, a name that is no
+``django.dispatch.Signal``, a label of no installed model raise
+:class:`~sigbroker.errors.ConfigurationError` naming the entry.
+
 A test that changes one of them with ``override_settings`` sees the change.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +46,15 @@ from django.core.signals import setting_changed
 from ... import config
 from ...errors import ConfigurationError
 
-__all__ = ["CONNECTION_SETTINGS", "EXCLUDE_FIELDS", "excluded_fields", "install", "read"]
+__all__ = [
+    "CONNECTION_SETTINGS",
+    "EXCLUDE_FIELDS",
+    "FORWARD",
+    "excluded_fields",
+    "forwarded",
+    "install",
+    "read",
+]
 
 #: The Django settings that configure the default client, and configure()'s names for them.
 CONNECTION_SETTINGS = {
@@ -43,6 +65,8 @@ CONNECTION_SETTINGS = {
 }
 #: The setting that lists, per model label, the fields never to send.
 EXCLUDE_FIELDS = "SIGBROKER_EXCLUDE_FIELDS"
+#: The setting that names the Django signals to forward, with their senders.
+FORWARD = "SIGBROKER_FORWARD"
 
 
 def read() -> dict[str, object]:
@@ -119,6 +143,75 @@ def check_excluded_fields() -> None:
                     f"settings.{EXCLUDE_FIELDS}[{label!r}]:"
                     f" {model._meta.label} has no field {name!r}"
                 ) from None
+
+
+def forwarded(value: object = None) -> list[tuple[str, Any, tuple[Any, ...] | None]]:
+    """``SIGBROKER_FORWARD`` (or ``value``), checked and resolved.
+
+    Returns ``(dotted name, the django.dispatch.Signal, the model classes)``
+    per entry, None for ``"*"`` (every sender). The modules the setting names
+    are imported: the setting is the project's own configuration, unlike a
+    name read from a message. Raises :class:`ConfigurationError` naming the
+    entry that is wrong.
+    """
+    if value is None:
+        value = getattr(settings, FORWARD, None)
+        if value is None:
+            return []
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"settings.{FORWARD} must map Django signals' dotted names to model labels or '*',"
+            f" not {type(value).__name__}"
+        )
+    return [
+        (name, _django_signal(name), _senders(name, senders)) for name, senders in value.items()
+    ]
+
+
+def _django_signal(name: object) -> Any:
+    from django.dispatch import Signal
+
+    where = f"settings.{FORWARD}[{name!r}]"
+    if not isinstance(name, str) or "." not in name.strip("."):
+        raise ConfigurationError(f"{where}: not a dotted name ('module.attribute')")
+    module_name, attribute = name.rsplit(".", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"{where}: can not import {module_name}: {exc}") from exc
+    try:
+        signal = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(f"{where}: {module_name} has no attribute {attribute!r}") from None
+    if not isinstance(signal, Signal):
+        raise ConfigurationError(
+            f"{where}: {name} is a {type(signal).__module__}.{type(signal).__qualname__},"
+            " not a django.dispatch.Signal (a sigbroker Signal crosses processes already)"
+        )
+    return signal
+
+
+def _senders(name: str, senders: object) -> tuple[Any, ...] | None:
+    where = f"settings.{FORWARD}[{name!r}]"
+    if senders == "*":
+        return None
+    if isinstance(senders, str) or not isinstance(senders, list | tuple | set | frozenset):
+        raise ConfigurationError(f"{where} must be '*' or a list of model labels, not {senders!r}")
+    if not senders:
+        raise ConfigurationError(
+            f"{where} lists no model label: give some, or '*' for every sender"
+        )
+    models = []
+    for label in senders:
+        if not isinstance(label, str) or label.count(".") != 1:
+            raise ConfigurationError(
+                f"{where}: {label!r} is not a model label (app_label.ModelName)"
+            )
+        try:
+            models.append(apps.get_model(label))
+        except LookupError:
+            raise ConfigurationError(f"{where}: no installed model is labelled {label!r}") from None
+    return tuple(models)
 
 
 def _setting_changed(*, setting: str, **kwargs: Any) -> None:

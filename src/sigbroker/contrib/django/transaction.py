@@ -20,8 +20,10 @@ call's: with a secret, a transaction that stays open longer than the
 workers' ``--max-age`` (300 s) gets its messages rejected as replays.
 
 Like Celery's ``delay_on_commit``, it follows the default database's
-transaction. This module imports Django and the client: it is imported by
-the first ``send_on_commit``, never by :mod:`sigbroker.signal` at load time.
+transaction (forwarding, :mod:`.forward`, follows the database that the
+Django signal names in its ``using`` argument). This module imports Django
+and the client: it is imported by the first ``send_on_commit``, never by
+:mod:`sigbroker.signal` at load time.
 """
 
 from __future__ import annotations
@@ -51,9 +53,12 @@ def _django_transaction() -> Any:
     return transaction
 
 
-def send_on_commit(signal: Any, sender: object, named: dict[str, Any]) -> Any:
-    """Check and encode now, publish when the default database's transaction commits.
+def send_on_commit(
+    signal: Any, sender: object, named: dict[str, Any], *, using: str | None = None
+) -> Any:
+    """Check and encode now, publish when the transaction of database ``using`` commits.
 
+    ``using`` is a database alias; None is the default database.
     ``signal`` is a :class:`~sigbroker.Signal` (typed ``Any``: this module
     must not import :mod:`sigbroker.signal`, which imports it). Returns what
     ``send`` returns when there is no transaction to wait for, else None.
@@ -67,9 +72,11 @@ def send_on_commit(signal: Any, sender: object, named: dict[str, Any]) -> Any:
         def send() -> Any:
             return signal.send(sender, **named)
 
-        return send() if _autocommit(transaction) else _defer(transaction, send, robust=False)
+        if _autocommit(transaction, using):
+            return send()
+        return _defer(transaction, send, using=using, robust=False)
     client = config.default_client(Client)
-    if _autocommit(transaction):
+    if _autocommit(transaction, using):
         return client.send(signal, sender, **named)  # a plain send, with its sequence number
     name = signal.name
     data = client.codec.encode(new_envelope(name, sender_reference(sender), named))
@@ -81,16 +88,18 @@ def send_on_commit(signal: Any, sender: object, named: dict[str, Any]) -> Any:
         except Exception:
             logger.exception("Could not publish %s after commit: the message is lost", name)
 
-    return _defer(transaction, publish, robust=True)
+    return _defer(transaction, publish, using=using, robust=True)
 
 
-def _autocommit(transaction: Any) -> bool:
+def _autocommit(transaction: Any, using: str | None) -> bool:
     # No transaction to wait for: Django's on_commit would run the callback at
     # once but return nothing, so the caller runs it to hand back its result.
     # (In manual transaction management, on_commit raises, as it should.)
-    connection = transaction.get_connection()
+    connection = transaction.get_connection(using)
     return not connection.in_atomic_block and bool(connection.get_autocommit())
 
 
-def _defer(transaction: Any, func: Callable[[], object], *, robust: bool) -> None:
-    transaction.on_commit(func, robust=robust)
+def _defer(
+    transaction: Any, func: Callable[[], object], *, using: str | None, robust: bool
+) -> None:
+    transaction.on_commit(func, using=using, robust=robust)
