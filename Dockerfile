@@ -1,5 +1,5 @@
-# The image of docker-compose.yml's worker and emitter: sigbroker with the
-# hiredis parser, and the examples/ package they run.
+# The image of docker-compose.yml's services: sigbroker with the hiredis parser
+# and Django (for examples/django), and the examples/ they run.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,7 +12,7 @@ WORKDIR /app
 # The package before the examples: editing an example does not reinstall it.
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install ".[hiredis]"
+RUN pip install ".[hiredis,django]"
 
 COPY examples ./examples
 

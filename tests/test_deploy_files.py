@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,17 @@ def dockerfile() -> list[tuple[str, str]]:
 
 
 def check_command(args: list[str]) -> None:
-    """Fail unless ``args`` would start: a sigbroker command or a ``python -m`` module."""
+    """Fail unless ``args`` would start: a sigbroker command, a ``python -m`` module,
+    a Django project's ``python path/manage.py COMMAND``, or ``sh -c`` of those joined by ``&&``.
+    """
     assert isinstance(args, list) and all(isinstance(a, str) for a in args), args
     if args[0] == "sigbroker":
         check_sigbroker(args[1:])
+    elif args[:2] == ["sh", "-c"] and len(args) == 3:
+        for part in args[2].split("&&"):
+            check_command(shlex.split(part))
+    elif args[0] == "python" and args[1].endswith("manage.py"):
+        check_manage_py(Path(args[1]), args[2:])
     else:
         assert args[:2] == ["python", "-m"], f"unexpected command {args}"
         assert importlib.util.find_spec(args[2]) is not None, f"no module {args[2]!r}"
@@ -70,6 +78,19 @@ def check_sigbroker(args: list[str]) -> None:
         assert importlib.util.find_spec(module) is not None, f"-A {module}: not importable"
 
 
+def check_manage_py(manage: Path, args: list[str]) -> None:
+    """Fail unless ``manage.py`` exists (in the image: copied from here) and has the command."""
+    assert (ROOT / manage).is_file(), f"no {manage} in the repository"
+    name = args[0]
+    if name == "sigbroker":
+        check_sigbroker(args[1:])
+        return
+    project = (ROOT / manage).parent
+    own = list(project.glob(f"*/management/commands/{name}.py"))
+    django_command = importlib.util.find_spec(f"django.core.management.commands.{name}")
+    assert own or django_command is not None, f"{manage} has no command {name!r}"
+
+
 def environment(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment", {})
     if isinstance(env, list):
@@ -78,7 +99,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_compose_has_redis_worker_and_emitter(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", "worker", "emitter"}
+    assert set(services) == {"redis", "worker", "emitter", "django-worker", "django-web"}
 
 
 def test_redis_service_is_official_and_healthchecked(services: dict[str, Any]) -> None:
@@ -91,7 +112,7 @@ def test_redis_service_is_official_and_healthchecked(services: dict[str, Any]) -
     assert isinstance(check_retries, int) and check_retries >= 1
 
 
-@pytest.mark.parametrize("name", ["worker", "emitter"])
+@pytest.mark.parametrize("name", ["worker", "emitter", "django-worker", "django-web"])
 def test_app_services_are_built_here_and_reach_redis(services: dict[str, Any], name: str) -> None:
     service = services[name]
     build = service["build"]
@@ -118,11 +139,38 @@ def test_emitter_starts_after_the_worker(services: dict[str, Any]) -> None:
     assert emitter.get("restart", "no") == "no"
 
 
+def test_django_example_services_run_its_manage_py(services: dict[str, Any]) -> None:
+    worker, web = services["django-worker"], services["django-web"]
+    assert worker["command"] == ["python", "examples/django/manage.py", "sigbroker", "worker"]
+    assert worker["restart"] == "on-failure"
+    # The one-shot migrates its database, then places an order once the worker listens.
+    steps = [shlex.split(part) for part in web["command"][2].split("&&")]
+    assert [step[2] for step in steps] == ["migrate", "place_order"]
+    assert web["depends_on"]["django-worker"]["condition"] == "service_started"
+    assert web.get("restart", "no") == "no"
+    for service in (worker, web):
+        # Writable for the image's user, which owns nothing under /app.
+        assert environment(service)["DATABASE"].startswith("/tmp/")
+
+
+def test_check_command_refuses_a_missing_manage_py_or_command() -> None:
+    with pytest.raises(AssertionError):
+        check_command(["python", "examples/nope/manage.py", "migrate"])
+    with pytest.raises(AssertionError):
+        check_command(["python", "examples/django/manage.py", "place_ordr"])
+    with pytest.raises(AssertionError):
+        check_command(["sh", "-c", "python examples/django/manage.py migrate && sigbroker wroker"])
+    check_command(["python", "examples/django/manage.py", "sigbroker", "worker"])
+
+
 def test_dockerfile_base_image_install_and_user() -> None:
     rows = dockerfile()
     assert rows[0][0] == "FROM" and rows[0][1].split()[0] == "python:3.11-slim"
     runs = [args for word, args in rows if word == "RUN"]
-    assert any("pip install" in r and ".[hiredis]" in r for r in runs), runs
+    installs = [r for r in runs if "pip install" in r]
+    extras = [set(m.split(",")) for r in installs for m in re.findall(r"\.\[([a-z,]+)\]", r)]
+    # hiredis for every service, Django for examples/django's.
+    assert any({"hiredis", "django"} <= found for found in extras), runs
     words = [word for word, _ in rows]
     users = [args for word, args in rows if word == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"

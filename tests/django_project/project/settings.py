@@ -22,6 +22,8 @@ INSTALLED_APPS = [
     "sigbroker.contrib.django",
     "shop",
     "billing",
+    # The seed's six signal modules (tests/test_django_seeds.py).
+    "seeds",
     # The models of tests/test_django_payloads.py (label "store").
     "tests.django_shop",
 ]

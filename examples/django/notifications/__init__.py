@@ -1,0 +1,1 @@
+"""The receiver app: its receivers module is found by autodiscovery (no -A)."""

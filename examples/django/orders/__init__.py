@@ -1,0 +1,1 @@
+"""The sender app: orders, and the signal sent when one is created."""

@@ -1,0 +1,1 @@
+"""Stand-in package for the seed project's ``signals`` module."""
