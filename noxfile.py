@@ -1,12 +1,14 @@
-"""Test what users install: the delivery, CLI and fault tests on two dependency sets.
+"""Test what users install: the delivery, CLI, fault and Django tests on two dependency sets.
 
 ``lowest``: the declared floor of every runtime dependency (``redis``,
-``msgpack``, ``click``, ``hiredis``), pinned from ``pyproject.toml``, on the
-lowest supported Python. ``newest``: the newest releases on the highest
-supported Python. Each runs with hiredis and, in the ``*_no_hiredis`` twin,
-with hiredis uninstalled after the package (it is a dependency, so pip always
-brings it): the pure-Python parser path that users get where hiredis does not
-import.
+``msgpack``, ``click``, ``hiredis``), pinned from ``pyproject.toml``, and
+Django's lowest supported LTS (the ``django`` extra's floor, 4.2: its newest
+patch release), on the lowest supported Python. ``newest``: the newest
+releases, Django included, on the highest supported Python. The package is
+installed with its ``django`` extra in every session. Each runs with hiredis
+and, in the ``*_no_hiredis`` twin, with hiredis uninstalled after the package
+(it is a dependency, so pip always brings it): the pure-Python parser path
+that users get where hiredis does not import.
 
 The package is installed from a built wheel, not in editable mode, so the
 tests import what ``pip install sigbroker`` gives. Interpreters come from
@@ -59,9 +61,20 @@ TEST_FILES = (
     "tests/test_testing.py",
     "tests/test_group_commit.py",
 )
+#: The Django app's tests: payloads in-process, ``manage.py sigbroker worker`` and
+#: ``send_on_commit`` across processes (tests/django_project), the worker's message hooks.
+DJANGO_TEST_FILES = (
+    "tests/test_django_payloads.py",
+    "tests/test_django_worker.py",
+    "tests/test_message_hooks.py",
+)
 #: What those test files import besides the package (the dev extra is much heavier);
-#: gevent: test_warm_stop.py stops a worker running under gevent monkey-patching.
-TEST_REQUIREMENTS = ("pytest", "pytest-timeout", "gevent")
+#: gevent: test_warm_stop.py stops a worker running under gevent monkey-patching;
+#: psycopg: test_django_worker.py's database-restart test, on PostgreSQL at
+#: 127.0.0.1:5432 when it is reachable (skipped, saying why, when it is not).
+TEST_REQUIREMENTS = ("pytest", "pytest-timeout", "gevent", "psycopg[binary]")
+#: The extra every session installs the package with (Django comes with it).
+EXTRA = "django"
 #: pytest options of every session: stop at the first failure, quiet.
 PYTEST_OPTIONS = ("-x", "-q", "-p", "no:cacheprovider")
 
@@ -101,52 +114,77 @@ def dependency_floors() -> list[str]:
     return pins
 
 
+def extra_floors(extra: str) -> dict[str, str]:
+    """The declared floor of every requirement of ``extra``: ``{"Django": "4.2"}``.
+
+    An extra's floor names a release series (``Django>=4.2``: the 4.2 LTS); the
+    sessions pin it as ``Django==4.2.*``, its newest patch release, since the
+    series' patch releases are where its security and bug fixes go.
+    """
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for line in project["optional-dependencies"][extra]:
+        req = Requirement(line)
+        found = [s.version for s in req.specifier if s.operator == ">="]
+        if len(found) != 1:
+            raise SystemExit(f"pyproject.toml: {line!r} needs exactly one >= floor for nox")
+        floors[req.name] = found[0]
+    return floors
+
+
 #: Run in the session before the tests: print what is installed, and fail if the
-#: interpreter (a reused venv may be stale) or hiredis is not what the session says.
+#: interpreter (a reused venv may be stale), hiredis or Django's release series (when
+#: the session names one) is not what the session says.
 CHECK_ENVIRONMENT = """
 import importlib.metadata as md, importlib.util, sys
 import sigbroker
-python, hiredis = sys.argv[1], sys.argv[2] == "yes"
-versions = " ".join(f"{p}=={md.version(p)}" for p in ("redis", "msgpack", "click"))
+python, hiredis, django = sys.argv[1], sys.argv[2] == "yes", sys.argv[3]
+versions = " ".join(f"{p}=={md.version(p)}" for p in ("redis", "msgpack", "click", "Django"))
 has_hiredis = importlib.util.find_spec("hiredis") is not None
 print(f"Python {sys.version.split()[0]} {versions} hiredis={has_hiredis} {sigbroker.__file__}")
 if f"{sys.version_info[0]}.{sys.version_info[1]}" != python:
     sys.exit(f"this venv runs Python {sys.version.split()[0]}, not {python}: delete .nox")
 if has_hiredis != hiredis:
     sys.exit(f"hiredis importable: {has_hiredis}, wanted: {hiredis}")
+if django and not md.version("Django").startswith(django + "."):
+    sys.exit(f"Django {md.version('Django')} installed, wanted {django}.*")
 """
 
 
-def run_tests(session: nox.Session, python: str, *, hiredis: bool) -> None:
-    """Uninstall hiredis unless wanted, check the environment, run the tests."""
+def run_tests(session: nox.Session, python: str, *, hiredis: bool, django: str = "") -> None:
+    """Uninstall hiredis unless wanted, check the environment, run the tests.
+
+    ``django``: the release series the session must have ("4.2"), or "" for any.
+    """
     if not hiredis:
         session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "hiredis")
-    session.run("python", "-c", CHECK_ENVIRONMENT, python, "yes" if hiredis else "no")
-    session.run("pytest", *PYTEST_OPTIONS, *TEST_FILES, *session.posargs)
+    session.run("python", "-c", CHECK_ENVIRONMENT, python, "yes" if hiredis else "no", django)
+    session.run("pytest", *PYTEST_OPTIONS, *TEST_FILES, *DJANGO_TEST_FILES, *session.posargs)
 
 
 def install_lowest(session: nox.Session) -> None:
-    """The package with every runtime dependency at its declared floor."""
-    session.install(".", *dependency_floors(), *TEST_REQUIREMENTS)
+    """The package with every runtime dependency at its declared floor, Django's LTS floor."""
+    series = [f"{name}=={floor}.*" for name, floor in extra_floors(EXTRA).items()]
+    session.install(f".[{EXTRA}]", *dependency_floors(), *series, *TEST_REQUIREMENTS)
 
 
 def install_newest(session: nox.Session) -> None:
     """The package with the newest release of every dependency."""
-    session.install("--upgrade", "--upgrade-strategy", "eager", ".", *TEST_REQUIREMENTS)
+    session.install("--upgrade", "--upgrade-strategy", "eager", f".[{EXTRA}]", *TEST_REQUIREMENTS)
 
 
 @nox.session(python=interpreter(LOWEST_PYTHON))
 def lowest(session: nox.Session) -> None:
     """Lowest declared dependencies on the lowest Python, with hiredis."""
     install_lowest(session)
-    run_tests(session, LOWEST_PYTHON, hiredis=True)
+    run_tests(session, LOWEST_PYTHON, hiredis=True, django=extra_floors(EXTRA)["Django"])
 
 
 @nox.session(python=interpreter(LOWEST_PYTHON))
 def lowest_no_hiredis(session: nox.Session) -> None:
     """Lowest declared dependencies on the lowest Python, hiredis uninstalled."""
     install_lowest(session)
-    run_tests(session, LOWEST_PYTHON, hiredis=False)
+    run_tests(session, LOWEST_PYTHON, hiredis=False, django=extra_floors(EXTRA)["Django"])
 
 
 @nox.session(python=interpreter(HIGHEST_PYTHON))

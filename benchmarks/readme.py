@@ -16,7 +16,8 @@ warm-up round of each is thrown away), prints the table below and rewrites this 
 and `benchmarks/results.json` (every round's raw number; not committed). It takes
 under 3 minutes on a 2-core machine; `--quick` checks the harness in under a minute
 with rough numbers, `--no-celery` skips figure 6. `make bench` installs the `bench`
-extra (Celery); without Celery figure 6 says so and the rest runs. `make profile`
+extra (Celery); without Celery figure 6 says so and the rest runs, as figure 9 does
+without Django. `make profile`
 samples a worker draining a backlog with py-spy and prints where its time goes
 (`benchmarks/profile.py`).
 
@@ -99,6 +100,19 @@ through one shared `Client` (`client.send`), against 8 threads publishing throug
 shared `redis.Redis` (one `ConnectionPool`); total messages per second from release
 until the last thread ends. The single-thread rows time the same two clients one call
 at a time.
+
+**9. Django: a model instance against a dict of its fields.** In a fresh process,
+Django set up with standalone settings (`settings.configure()`: an in-memory SQLite
+database, `sigbroker.contrib.django` and `benchmarks.django_shop`, tables made by the
+schema editor) and one saved `Order`: a foreign key, a str, a Decimal, an aware
+datetime, a bool and an int besides its pk. sigbroker sends `order=instance`; the
+baseline sends `order=` a dict of the very values the instance carries on the wire
+(its concrete fields by `attname`, the foreign key as `customer_id`), written out and
+built in every call as a sender would by hand; both through sigbroker, so the ratio is
+what the model payload costs over plain values. `Signal.send` by the model class
+({send_calls:,} calls per round, {rounds} rounds, on a channel nobody subscribes to),
+`Codec.pack` and `Codec.decode` ({codec_calls:,} calls per round; on arrival the
+instance is built by `Model.from_db`, no query, against a dict decoded).
 """
 
 

@@ -1,6 +1,6 @@
 """The whole benchmark: one redis-server, the figures in order, every process stopped.
 
-The sending figures (1, 2, 7, 8) run first, each group in a fresh process,
+The sending figures (1, 2, 7, 8, 9) run first, each group in a fresh process,
 while nothing else runs. Then the consumers start (the sigbroker worker, a
 second one with ``--concurrency 4``, the raw redis-py loop, a Celery worker)
 and the figures that need them run: latency (4), Celery (6), throughput (3)
@@ -256,11 +256,13 @@ def measure(
         rows = sender_figures(url, plan, hiredis=True, figures="codec,send,batch,threads")
         progress("figure 1: send cost (without hiredis)")
         rows += sender_figures(url, plan, hiredis=False, figures="send")
+        progress("figure 9: Django model instance vs dict (a process with Django set up)")
+        rows += sender_figures(url, plan, hiredis=True, figures="django")
         rows += consumer_figures(url, plan, with_celery, progress)
     return header, rows
 
 
-_ORDER = ["1.", "2.", "3.", "4.", "5.", "6.", "7.", "8."]
+_ORDER = ["1.", "2.", "3.", "4.", "5.", "6.", "7.", "8.", "9."]
 
 
 def _sorted(rows: list[Row]) -> list[Row]:
