@@ -128,7 +128,10 @@ def test_warm_stop_runs_every_message_redis_delivered(
         assert worker.wait(timeout=GENEROUS_TIMEOUT_S) == 0, worker.output()[-4000:]
         assert list_workers(client) == []
     processed = [r["i"] for r in worker.records() if r["receiver"] == "backlog"]
-    assert len(delivered) > BACKLOG
+    # Usually some sends after SIGTERM still reach the worker (it needs a
+    # supervise tick to act on the signal); on a loaded machine it may have
+    # unsubscribed before the next send: then there are none, and that is fine.
+    assert len(delivered) >= BACKLOG
     assert sorted(processed) == delivered, worker.output()[-4000:]
     if concurrency == 1:
         assert processed == delivered  # and in order
