@@ -15,9 +15,10 @@ Receivers are held through weak references by default (bound methods through
 pair or per ``dispatch_uid``, and may be coroutine functions. A signal's name
 comes from :mod:`sigbroker.naming`. This module knows nothing of Redis: the
 client (and redis-py with it) is imported by the first published send, never
-by the registry or an eager send. It is a little over 400 lines because the
-registry and the four send methods with their failure logging are one
-concept, Django's ``Signal``, kept readable in one file as blinker keeps its own.
+by the registry or an eager send. It is over 400 lines because the registry
+and the send methods (``send``, ``send_robust``, ``asend``, ``asend_robust``,
+``send_on_commit``) with their failure logging are one concept, Django's
+``Signal``, kept readable in one file as blinker keeps its own.
 """
 
 from __future__ import annotations
