@@ -377,7 +377,8 @@ def test_python_dash_m_runs_the_cli() -> None:
         assert command in proc.stdout
 
 
-def test_server_serves_redis_until_interrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_server_serves_redis_until_interrupted(tmp_path: Path, stop: int) -> None:
     log = tmp_path / "server.log"
     with (
         open(log, "wb") as errors,
@@ -394,14 +395,17 @@ def test_server_serves_redis_until_interrupted(tmp_path: Path) -> None:
             assert url.startswith("redis://127.0.0.1:")
             with Client(url) as client:
                 assert client.ping() > 0
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop)
             # Stopping waits up to 5 s for redis-server, then kills it: 30 s is
             # a bound for a loaded machine, not an expected time.
             try:
                 code = proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                pytest.fail(f"server still running 30 s after SIGINT; its log:\n{log.read_text()}")
+                pytest.fail(
+                    f"server still running 30 s after {stop!r}; its log:\n{log.read_text()}"
+                )
             assert code == 0, log.read_text()
+            assert "Stopping" in log.read_text()
             with Client(url, timeout_s=0.5, retries=0) as client, pytest.raises(BrokerUnavailable):
                 client.ping()
         finally:
