@@ -30,6 +30,9 @@ __all__ = [
     "GroupReport",
     "StreamReport",
     "dead_letters",
+    "delete",
+    "dlq_lengths",
+    "durable_streams",
     "find_dead_letters",
     "is_entry_id",
     "purge",
@@ -157,7 +160,7 @@ def stream_reports(r: redis.Redis, namespace: str) -> list[StreamReport]:
     lost count. A stream deleted meanwhile is left out.
     """
     prefix = stream_key(namespace, "")
-    keys = _scan(r, prefix)
+    keys = durable_streams(r, namespace)
     if not keys:
         return []
     pipe = r.pipeline(transaction=False)
@@ -270,16 +273,35 @@ def replay(r: redis.Redis, namespace: str, letters: Iterable[DeadLetter]) -> lis
     return [None if new_id is None else _text(new_id) for new_id in pipe.execute()]
 
 
-def purge(r: redis.Redis, namespace: str, group: str | None = None, ids: Sequence[str] = ()) -> int:
-    """Delete dead letters: these ids, or all of ``group``'s (of every group's); return how many."""
+def dlq_lengths(r: redis.Redis, namespace: str, group: str | None = None) -> dict[str, int]:
+    """How many dead letters ``group`` has (every group that has some, when None)."""
+    keys = _dlq_keys(r, namespace, group)
+    pipe = r.pipeline(transaction=False)
+    for key, _ in keys:
+        pipe.xlen(key)
+    lengths = pipe.execute() if keys else []
+    return {name: int(n) for (_, name), n in zip(keys, lengths, strict=True) if n}
+
+
+def delete(r: redis.Redis, namespace: str, letters: Iterable[DeadLetter]) -> int:
+    """Delete these dead letters (``XDEL``); return how many were still there."""
+    by_group: dict[str, list[str]] = {}
+    for letter in letters:
+        by_group.setdefault(letter.group, []).append(letter.id)
+    if not by_group:
+        return 0
+    pipe = r.pipeline(transaction=False)
+    for group, ids in by_group.items():
+        pipe.xdel(dlq_key(namespace, group), *ids)
+    return sum(pipe.execute())
+
+
+def purge(r: redis.Redis, namespace: str, group: str | None = None) -> int:
+    """Delete the dead-letter stream of ``group`` (of every group); return how many it held."""
     keys = [key for key, _ in _dlq_keys(r, namespace, group)]
     if not keys:
         return 0
-    pipe = r.pipeline(transaction=True)
-    if ids:
-        for key in keys:
-            pipe.xdel(key, *ids)
-        return sum(pipe.execute())
+    pipe = r.pipeline(transaction=True)  # counted and deleted at one instant
     for key in keys:
         pipe.xlen(key)
     pipe.delete(*keys)
@@ -319,6 +341,11 @@ def _dead_letter(group: str, entry_id: bytes | str, fields: Mapping[bytes, bytes
 # -- tailing (listen) -----------------------------------------------------------
 
 
+def durable_streams(r: redis.Redis, namespace: str) -> list[str]:
+    """The keys of the durable streams of ``namespace``, in order."""
+    return _scan(r, stream_key(namespace, ""))
+
+
 def stream_positions(
     r: redis.Redis, namespace: str, signal_names: Sequence[str] = ()
 ) -> dict[str, str]:
@@ -331,7 +358,7 @@ def stream_positions(
     keys = (
         [stream_key(namespace, name) for name in signal_names]
         if signal_names
-        else _scan(r, stream_key(namespace, ""))
+        else durable_streams(r, namespace)
     )
     pipe = r.pipeline(transaction=False)
     for key in keys:
