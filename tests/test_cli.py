@@ -251,6 +251,7 @@ def test_workers_lists_the_live_worker(
         "ID",
         "HOST",
         "PID",
+        "GROUP",
         "UPTIME",
         "SIGNALS",
         "PROCESSED",
@@ -262,6 +263,7 @@ def test_workers_lists_the_live_worker(
         "SEEN",
     ]
     assert str(worker.proc.pid) in table[1]
+    assert row["group"] is None and table[1].split()[3] == "-"  # a pub/sub worker
 
 
 def test_workers_and_channels_when_nothing_is_live(

@@ -169,14 +169,16 @@ class Listener:
         with self._lock:
             if self.remaining is not None and self.remaining <= 0:
                 return  # the other reader reached the count first
-            self._print(name, data, entry)
+            if not self._print(name, data, entry):
+                return  # a rejected message does not count
             if self.remaining is not None:
                 self.remaining -= 1
                 if self.remaining <= 0:
                     self._stopping.set()
                     self.source.stop()
 
-    def _print(self, name: str, data: bytes, entry: str | None) -> None:
+    def _print(self, name: str, data: bytes, entry: str | None) -> bool:
+        # Print one message, or why it was rejected; return whether it was valid.
         try:
             envelope = self.client.codec.decode(data)
         except InvalidMessage as exc:
@@ -184,7 +186,7 @@ class Listener:
                 self.echo(json.dumps({"channel": name, "rejected": str(exc)}))
             else:
                 self.echo(f"{name} rejected: {exc}")
-            return
+            return False
         age_ms = (time.time() - envelope.sent_at) * 1000
         if self.as_json:
             record = {
@@ -203,3 +205,4 @@ class Listener:
             where = "" if entry is None else f"entry {entry}, "
             line = f"{envelope.signal} sender={envelope.sender} {args} ({where}age {age_ms:.1f} ms)"
             self.echo(line.replace("  ", " "))
+        return True
