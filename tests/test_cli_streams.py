@@ -9,9 +9,7 @@ these tests check the reading side on its own.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,7 +23,7 @@ from sigbroker.broker import heartbeat_key
 from sigbroker.cli import cli
 from sigbroker.devserver import DevServer
 from sigbroker.durable import dlq_key, lost_key, stream_key
-from tests.helpers import ROOT, wait_for
+from tests.helpers import wait_for
 
 SIGNAL = "order_placed"
 RECEIVER = "billing.receivers.open_invoice"
@@ -415,29 +413,6 @@ def test_workers_shows_each_workers_group(
 
 
 # -- listen -------------------------------------------------------------------
-
-
-@pytest.fixture
-def listener(url: str, namespace: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*args: str) -> subprocess.Popen[str]:
-        command = [sys.executable, "-m", "sigbroker", "--url", url, "--namespace", namespace]
-        proc = subprocess.Popen(
-            [*command, "listen", *args],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.communicate()
 
 
 def reading_streams(r: redis.Redis) -> bool:

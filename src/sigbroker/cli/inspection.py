@@ -135,7 +135,7 @@ def _worker_columns(heartbeat: dict[str, Any], now: float) -> dict[str, object]:
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N messages.")
 @pass_options
 def listen(opts: Options, signal_names: tuple[str, ...], as_json: bool, count: int | None) -> None:
-    """Decode and print messages as they pass (all signals of the namespace by default)."""
+    """Decode and print messages as they pass, durable ones too (default: every signal)."""
     from .listen import Listener
 
     with opts.client() as client:
