@@ -24,7 +24,7 @@ from ._aio import EventLoopThread
 from .codec import Codec
 from .errors import ConfigurationError, InvalidMessage
 from .message import Message, _current
-from .naming import callable_name
+from .naming import callable_name, qualified_name
 from .routing import Receiver
 from .sequences import Sequences
 from .signal import Signal
@@ -479,11 +479,18 @@ class Dispatcher:
 
 
 def receiver_names(receivers: list[Receiver]) -> list[str]:
-    """The receivers' names as durable delivery records them: qualified, ``#2`` for a repeat."""
+    """The receivers' names as durable delivery records them: ``module.QualName``.
+
+    The same in every process of a service (they name the receivers that
+    succeeded, across retries and claims, and the one a replay runs): a
+    callable object is named after its class, and the second receiver of one
+    name gets ``#2``.
+    """
     seen: dict[str, int] = {}
     names = []
     for receiver in receivers:
-        name = callable_name(receiver)
+        named = getattr(receiver, "__qualname__", None)
+        name = qualified_name(receiver if isinstance(named, str) else type(receiver))
         seen[name] = count = seen.get(name, 0) + 1
         names.append(name if count == 1 else f"{name}#{count}")
     return names
