@@ -4,7 +4,7 @@ The test process imports this module for the signals; a worker imports it for
 the receivers. Every receiver call appends one JSON line to the file named by
 ``$SIGBROKER_TEST_OUT`` (one file per worker process, see tests/helpers.py):
 the receiver, the worker's pid and what ``sigbroker.current_message()`` says
-(message id, stream entry, group, delivery count), so the test can tell who
+(message id, stream entry, group, delivery count), and when, so the test can tell who
 ran what, how often, and attribute every duplicate to a process. Each line is
 one ``os.write`` on a descriptor opened with ``O_APPEND``: a ``kill -9`` never
 leaves half a line, and what was written before it stays in the file.
@@ -56,6 +56,7 @@ def record(name: str, **fields: Any) -> None:
         "entry": message.entry if message else None,
         "group": message.group if message else None,
         "deliveries": message.deliveries if message else None,
+        "t": time.time(),
         **fields,
     }
     os.write(_out(), (json.dumps(line) + "\n").encode())
