@@ -21,8 +21,9 @@ from sigbroker import Client, Signal, Worker, current_message
 from sigbroker._aio import EventLoopThread
 from sigbroker.codec import Codec
 from sigbroker.devserver import DevServer
-from sigbroker.dispatch import Dispatcher, receiver_names
+from sigbroker.dispatch import Dispatcher
 from sigbroker.durable import DEFAULT_MAXLEN, ConsumerOptions, stream_key
+from sigbroker.durable_calls import receiver_names
 from sigbroker.errors import ConfigurationError
 from sigbroker.message import Message
 from sigbroker.stats import Stats
