@@ -23,7 +23,7 @@ from ._aio import EventLoopThread
 from .codec import Codec
 from .durable_calls import durable_caller
 from .errors import ConfigurationError, InvalidMessage
-from .message import Message, _current
+from .message import Message, MessageFields, current_async, running
 from .naming import callable_name
 from .sequences import Sequences
 from .signal import Signal
@@ -36,7 +36,7 @@ __all__ = ["REPLAY_WINDOW_S", "Dispatcher", "Hook", "Submit"]
 #: How a worker runs receivers elsewhere: it is given a function that calls them.
 Submit = Callable[[Callable[[], None]], None]
 #: Calls a signal's receivers for one message: (cell, sender reference, arguments, message).
-Caller = Callable[[list[str | None], str | None, dict[str, Any], Message], Outcome]
+Caller = Callable[[list[str | None], str | None, dict[str, Any], MessageFields], Outcome]
 #: Called without arguments before or after each message's receivers (see :class:`Dispatcher`).
 Hook = Callable[[], object]
 _C = TypeVar("_C", bound=Callable[..., Outcome])
@@ -49,7 +49,6 @@ REPLAY_WINDOW_S = 300.0
 MAX_SEEN_IDS = 100_000
 
 _now = time.time
-_message = tuple.__new__  # builds a Message without its Python-level __new__
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +153,10 @@ class Dispatcher:
         cells = threading.local()
 
         def pooled(
-            sender_ref: str | None, kwargs: dict[str, Any], message: Message, done: Done | None
+            sender_ref: str | None,
+            kwargs: dict[str, Any],
+            message: MessageFields,
+            done: Done | None,
         ) -> None:
             try:
                 mine = cells.cell
@@ -185,7 +187,7 @@ class Dispatcher:
                 if done is not None:
                     done(REJECTED)
                 return REJECTED
-            message = _message(Message, (message_id, name, origin, sent_at, 1, None, None))
+            message = (message_id, name, origin, sent_at, 1, None, None)
             if submit is None:
                 outcome = call(cell, sender_ref, kwargs, message)
                 if done is not None:
@@ -220,7 +222,7 @@ class Dispatcher:
             delivery: Delivery,
             sender_ref: str | None,
             kwargs: dict[str, Any],
-            message: Message,
+            message: MessageFields,
             done: DurableDone,
         ) -> None:
             try:
@@ -243,9 +245,14 @@ class Dispatcher:
             if "signal" in kwargs or "sender" in kwargs:
                 reject(name, "invalid", "arguments named 'signal' or 'sender' are not allowed")
                 return REJECTED
-            message = _message(
-                Message,
-                (message_id, name, origin, sent_at, delivery.deliveries, delivery.entry, group),
+            message = (
+                message_id,
+                name,
+                origin,
+                sent_at,
+                delivery.deliveries,
+                delivery.entry,
+                group,
             )
             if submit is None:
                 return call(cell, delivery, sender_ref, kwargs, message)
@@ -273,13 +280,16 @@ class Dispatcher:
         stats = self.stats
         lock = stats.lock if self.threads > 1 else None
         run_async = self._run_async
-        current = _current
+        here = running
 
         def call(
-            cell: list[str | None], sender_ref: str | None, kwargs: dict[str, Any], message: Message
+            cell: list[str | None],
+            sender_ref: str | None,
+            kwargs: dict[str, Any],
+            message: MessageFields,
         ) -> Outcome:
             cell[0] = message_id = message[0]
-            current.set(message)
+            here.message = message
             sender, sync_receivers, async_receivers = receivers_for(sender_ref)
             failed = 0
             for receiver in sync_receivers:
@@ -297,7 +307,7 @@ class Dispatcher:
                 results = run_async(signal, sender, kwargs, async_receivers, message)
                 failed += sum(result is not None for result in results)
             cell[0] = None
-            current.set(None)
+            here.message = None
             if lock is None:
                 stats.processed += 1
                 stats.failed += failed
@@ -381,12 +391,12 @@ class Dispatcher:
         sender: object,
         kwargs: dict[str, Any],
         receivers: list[Callable[..., Any]],
-        message: Message,
+        message: MessageFields,
     ) -> list[BaseException | None]:
         """Run async receivers together on the loop; each one's exception (logged) or None."""
 
         async def call(receiver: Callable[..., Any]) -> Any:
-            _current.set(message)  # the task's own context
+            current_async.set(Message._make(message))  # the task's own context
             return await receiver(signal=signal, sender=sender, **kwargs)
 
         async def gather() -> list[Any]:

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .message import Message, _current
+from .message import MessageFields, running
 from .naming import callable_name, qualified_name
 from .routing import Receiver
 from .signal import Signal
@@ -24,10 +24,12 @@ from .transport.base import Delivery, Outcome
 __all__ = ["DurableCaller", "RunAsync", "durable_caller", "receiver_names"]
 
 #: Calls a durable message's receivers: (cell, delivery, sender reference, arguments, message).
-DurableCaller = Callable[[list[str | None], Delivery, str | None, dict[str, Any], Message], Outcome]
+DurableCaller = Callable[
+    [list[str | None], Delivery, str | None, dict[str, Any], MessageFields], Outcome
+]
 #: Runs async receivers on the worker's loop: each one's exception (logged) or None.
 RunAsync = Callable[
-    [Signal, object, dict[str, Any], list[Receiver], Message], list[BaseException | None]
+    [Signal, object, dict[str, Any], list[Receiver], MessageFields], list[BaseException | None]
 ]
 
 PROCESSED, FAILED = Outcome.PROCESSED, Outcome.FAILED
@@ -49,17 +51,17 @@ def durable_caller(
     """
     receivers_for = signal.remote_receivers
     lock = stats.lock if threads > 1 else None
-    current = _current
+    here = running
 
     def call(
         cell: list[str | None],
         delivery: Delivery,
         sender_ref: str | None,
         kwargs: dict[str, Any],
-        message: Message,
+        message: MessageFields,
     ) -> Outcome:
         cell[0] = message[0]
-        current.set(message)
+        here.message = message
         sender, sync_receivers, async_receivers = receivers_for(sender_ref)
         failed = 0
         if async_receivers or delivery.skip or delivery.only is not None:
@@ -81,7 +83,7 @@ def durable_caller(
                 _note(delivery, sync_receivers, range(len(sync_receivers)), errors)
                 failed = len(errors)
         cell[0] = None
-        current.set(None)
+        here.message = None
         if lock is None:
             stats.processed += 1
             stats.failed += failed
@@ -120,7 +122,7 @@ def _run_chosen(
     everything: list[Receiver],
     first_async: int,
     kwargs: dict[str, Any],
-    message: Message,
+    message: MessageFields,
 ) -> int:
     """Run the receivers of a durable delivery that it does not skip; note failures; count them.
 
@@ -154,12 +156,12 @@ def _runs(name: str, skip: frozenset[str], only: str | None) -> bool:
     return name not in skip and (only is None or name == only)
 
 
-def _log_failure(receiver: Receiver, message: Message, delivery: Delivery) -> None:
+def _log_failure(receiver: Receiver, message: MessageFields, delivery: Delivery) -> None:
     logger.exception(
         "Error calling %s for %s (message %s, entry %s, delivery %d)",
         callable_name(receiver),
-        message.signal,
-        message.id,
+        message[1],
+        message[0],
         delivery.entry,
         delivery.deliveries,
     )
