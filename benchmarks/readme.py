@@ -9,9 +9,9 @@ INTRO = """\
 # Benchmarks
 
 `make bench` (or `.venv/bin/python benchmarks/run.py`) measures sigbroker side by side
-with raw redis-py on the same Redis in the same run, and Celery and FastStream for context. It starts
-its own `redis-server` on a free loopback port (never the shared 6379), runs every
-figure in alternating rounds (sigbroker, baseline, sigbroker, baseline, ...; one
+with raw redis-py on the same Redis in the same run, and Celery and FastStream for
+context. It starts its own `redis-server` on a free loopback port (never the shared
+6379), runs every figure in alternating rounds (sigbroker, baseline, sigbroker, baseline, ...; one
 warm-up round of each is thrown away), prints the table below and rewrites this file
 and `benchmarks/results.json` (every round's raw number; not committed). It takes
 under 3 minutes on a 2-core machine; `--quick` checks the harness in under a minute
@@ -19,7 +19,8 @@ with rough numbers, `--no-celery` skips figure 6. `make bench` installs the `ben
 extra (Celery, FastStream); without Celery figure 6 says so and the rest runs, as
 figure 9 does without Django and figure 10's FastStream rows without FastStream. `make profile`
 samples a worker draining a backlog with py-spy and prints where its time goes
-(`benchmarks/profile.py`).
+(`benchmarks/profile.py`; `python -m benchmarks.profile --durable` does the same for
+the `--group` worker of figure 10).
 
 How to read the table: each cell is the **median (min..max)** over the rounds. The
 ratio is always **sigbroker / baseline**, computed per round (the two sides of a round
