@@ -117,9 +117,10 @@ instance is built by `Model.from_db`, no query, against a dict decoded).
 
 **10. Durable signals (Redis Streams consumer groups).** The same payload on
 `Signal(..., durable=True)`, whose send appends the envelope to the stream
-`{{namespace}}:stream:{{signal name}}` (field `d`, approximate `MAXLEN` 100,000), against
-raw redis-py streams. *Send cost*: `Signal.send` against `Redis.xadd(stream, {{"d":
-msgpack.packb(...)}}, maxlen=100_000, approximate=True)`, on streams no group reads,
+`<namespace>:stream:<signal name>` (field `d`, approximate `MAXLEN` 100,000), against
+raw redis-py streams. *Send cost*: `Signal.send` against `Redis.xadd(stream, fields,
+maxlen=100_000, approximate=True)` whose field `d` is `msgpack.packb(...)` of the raw
+dict, on streams no group reads,
 in the sending process of figure 1 ({send_calls:,} calls per round, {rounds} rounds).
 *Drain*: one consumer process whose consumer group `bench` exists (made at the
 stream's end when it started) is frozen with SIGSTOP, a backlog of
