@@ -11,7 +11,7 @@ from sigbroker import errors
 
 def test_all_is_exactly_the_public_surface() -> None:
     assert sorted(sigbroker.__all__) == sorted(
-        ["Client", "Signal", "Worker", "__version__", "configure", "receiver"]
+        ["Client", "Signal", "Worker", "__version__", "configure", "current_message", "receiver"]
     )
     for name in sigbroker.__all__:
         assert getattr(sigbroker, name) is not None

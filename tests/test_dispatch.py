@@ -75,6 +75,9 @@ def test_every_receiver_runs_and_failures_are_counted_and_logged(
         "rejected_by": {},
         "lost": 0,
         "resubscribes": 0,
+        "retried": 0,
+        "dead_lettered": 0,
+        "claimed": 0,
     }
     failures = [r for r in caplog.records if r.exc_info]
     assert len(failures) == 2

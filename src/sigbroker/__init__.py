@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .config import configure
+from .message import current_message
 from .signal import Signal, receiver
 
 if TYPE_CHECKING:
@@ -23,7 +24,15 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["Client", "Signal", "Worker", "__version__", "configure", "receiver"]
+__all__ = [
+    "Client",
+    "Signal",
+    "Worker",
+    "__version__",
+    "configure",
+    "current_message",
+    "receiver",
+]
 
 _LAZY = {"Client": ".client", "Worker": ".broker"}
 

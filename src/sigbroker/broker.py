@@ -5,7 +5,9 @@ the transport's interface (it imports no redis):
 
 * a :class:`~sigbroker.transport.base.Source` of the transport delivers the
   messages of the signals' channels (for Redis pub/sub: the subscription
-  with its reader, reconnects and probe);
+  with its reader, reconnects and probe); with ``group``, a second source
+  reads the durable signals' streams as one consumer of that group (for
+  Redis: :mod:`~sigbroker.transport.redis_streams`);
 * a :class:`~sigbroker.dispatch.Dispatcher` decodes, verifies and calls the
   receivers, on the reading thread or on a :class:`~sigbroker.pool.Pool`;
 * a pulse thread writes the heartbeat key and has the source check itself.
@@ -29,11 +31,12 @@ from typing import Any
 from ._aio import EventLoopThread
 from .client import Client
 from .dispatch import REPLAY_WINDOW_S, Dispatcher, Hook
+from .durable import CLAIM_IDLE_S, MAX_DELIVERIES, ConsumerOptions
 from .errors import BrokerUnavailable, ConfigurationError
 from .pool import Pool
 from .signal import Signal, all_signals
 from .stats import Stats
-from .transport.base import ABANDON_COUNT_LIMIT, Source
+from .transport.base import ABANDON_COUNT_LIMIT, Combined, Source
 
 __all__ = ["Worker", "list_workers"]
 
@@ -97,6 +100,15 @@ class Worker:
     of each message, in the thread that runs them (see
     :class:`~sigbroker.dispatch.Dispatcher`); ``manage.py sigbroker worker``
     closes Django's stale database connections there.
+
+    Durable signals (``Signal(durable=True)``) are read in the consumer
+    ``group`` (a service: each group processes every message once, its
+    workers share them), which is required when there are any. A group
+    created by this worker starts at the stream's end, or with
+    ``from_start`` at its first entry. A receiver that raises is retried
+    alone with backoff; after ``max_deliveries`` the message goes to the
+    group's dead letters. Messages held by a worker that died are claimed
+    by the others; anything pending longer than ``claim_idle_s`` too.
     """
 
     #: True once a stop gave up on messages (past the shutdown timeout, or
@@ -120,6 +132,10 @@ class Worker:
         max_age_s: float = REPLAY_WINDOW_S,
         before_message: Hook | None = None,
         after_message: Hook | None = None,
+        group: str | None = None,
+        from_start: bool = False,
+        max_deliveries: int = MAX_DELIVERIES,
+        claim_idle_s: float = CLAIM_IDLE_S,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -132,6 +148,12 @@ class Worker:
         self.max_age_s = max_age_s
         self.before_message = before_message
         self.after_message = after_message
+        #: How durable signals are consumed; None without a group.
+        self.consumer: ConsumerOptions | None = (
+            None
+            if group is None
+            else ConsumerOptions(group, from_start, max_deliveries, claim_idle_s)
+        )
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = Stats()
         self.started_at = 0.0
@@ -176,6 +198,12 @@ class Worker:
             raise ConfigurationError(
                 "no signal has a receiver: import the modules that connect them (-A MODULE)"
             )
+        durable = [s.name for s in chosen if s.durable]
+        if durable and self.consumer is None:
+            raise ConfigurationError(
+                f"durable signals need a consumer group: pass --group NAME (one per service) "
+                f"to consume {', '.join(durable)}"
+            )
         return sorted(chosen, key=lambda s: s.name)
 
     def run(self) -> None:
@@ -202,12 +230,8 @@ class Worker:
             before_message=self.before_message,
             after_message=self.after_message,
         )
-        pool = Pool(self.concurrency) if self.concurrency > 1 else None
-        submit = pool.submit if pool is not None else None
-        routes = {client.channel(s): dispatcher.handler(s, submit) for s in self.signals}
-        source = client.transport.source(
-            routes, stats=self.stats, probe=probe_channel(client.namespace, self.id)
-        )
+        sources, pools = self._sources(dispatcher)
+        source = sources[0] if len(sources) == 1 else Combined(sources)
         self._dispatcher, self._source = dispatcher, source
         self.started_at = time.time()
         pulse = threading.Thread(target=self._pulse, name="sigbroker-pulse", daemon=True)
@@ -223,15 +247,58 @@ class Worker:
         pulse.start()
         reader.start()
         try:
-            self._supervise(reader, source, pool)
+            self._supervise(reader, source, pools)
         except BaseException:  # KeyboardInterrupt without a handler: stop at once
             if not self.abandoned:
-                self._abandon(source, pool, "interrupted")
+                self._abandon(source, pools, "interrupted")
             raise
         finally:
-            self._shutdown(pulse, pool)
+            self._shutdown(pulse, pools)
         if self._reader_error is not None:
             raise self._reader_error
+
+    def _sources(self, dispatcher: Dispatcher) -> tuple[list[Source], list[tuple[Pool, bool]]]:
+        """The pub/sub source and the durable one (each if it has signals), and their pools.
+
+        Each source has its own pool (``concurrency`` threads) when
+        ``concurrency`` is above 1; the flag says whether a message the pool
+        drops on an abandoned stop is lost (pub/sub) or stays pending (durable).
+        """
+        client = self.client
+        sources: list[Source] = []
+        pools: list[tuple[Pool, bool]] = []
+        plain = [s for s in self.signals if not s.durable]
+        durable = [s for s in self.signals if s.durable]
+        if plain:
+            pool = Pool(self.concurrency) if self.concurrency > 1 else None
+            submit = pool.submit if pool is not None else None
+            routes = {client.channel(s): dispatcher.handler(s, submit) for s in plain}
+            probe = probe_channel(client.namespace, self.id)
+            sources.append(client.transport.source(routes, stats=self.stats, probe=probe))
+            if pool is not None:
+                pools.append((pool, True))
+        if durable:
+            assert self.consumer is not None  # checked by _collect
+            group = self.consumer.group
+            pool = Pool(self.concurrency) if self.concurrency > 1 else None
+            submit = pool.submit if pool is not None else None
+            streams = {
+                client.channel(s): dispatcher.durable_handler(s, group, submit) for s in durable
+            }
+            namespace = client.namespace
+            sources.append(
+                client.transport.stream_source(
+                    streams,
+                    options=self.consumer,
+                    consumer=self.id,
+                    namespace=namespace,
+                    alive_key=lambda worker_id: heartbeat_key(namespace, worker_id),
+                    stats=self.stats,
+                )
+            )
+            if pool is not None:
+                pools.append((pool, False))
+        return sources, pools
 
     def _read(self, source: Source) -> None:
         try:
@@ -239,13 +306,15 @@ class Worker:
         except BaseException as exc:  # handed to run(), in the caller's thread
             self._reader_error = exc
 
-    def _supervise(self, reader: threading.Thread, source: Source, pool: Pool | None) -> None:
-        # Wait for the reader to end and the pool to empty, acting on stop
+    def _supervise(
+        self, reader: threading.Thread, source: Source, pools: list[tuple[Pool, bool]]
+    ) -> None:
+        # Wait for the reader to end and the pools to empty, acting on stop
         # requests; every wait is one tick long.
         deadline: float | None = None
-        while reader.is_alive() or (pool is not None and not pool.idle()):
+        while reader.is_alive() or not all(pool.idle() for pool, _ in pools):
             if self._stop_now_requested:
-                self._abandon(source, pool, "asked to stop now")
+                self._abandon(source, pools, "asked to stop now")
                 return
             if deadline is None and self._stop_requested:
                 deadline = time.monotonic() + self.shutdown_timeout_s
@@ -258,20 +327,22 @@ class Worker:
             elif deadline is not None and time.monotonic() >= deadline:
                 self._abandon(
                     source,
-                    pool,
+                    pools,
                     f"still running after the shutdown timeout ({self.shutdown_timeout_s:g}s)",
                 )
                 return
             if reader.is_alive():
                 reader.join(SUPERVISE_TICK_S)
-            elif pool is not None:
-                pool.wait_idle(SUPERVISE_TICK_S)
+            else:
+                for pool, _ in pools:
+                    pool.wait_idle(SUPERVISE_TICK_S)
 
-    def _abandon(self, source: Source, pool: Pool | None, why: str) -> None:
+    def _abandon(self, source: Source, pools: list[tuple[Pool, bool]], why: str) -> None:
         self.abandoned = True
         not_run = source.abandon()
-        if pool is not None:
-            not_run += pool.cancel()
+        for pool, drops_lose in pools:
+            dropped = pool.cancel()
+            not_run += dropped if drops_lose else 0
         # Published, received and never to run: lost, like a gap in a sequence.
         with self.stats.lock:
             self.stats.lost += not_run
@@ -287,7 +358,7 @@ class Worker:
             not_run,
         )
 
-    def _shutdown(self, pulse: threading.Thread, pool: Pool | None) -> None:
+    def _shutdown(self, pulse: threading.Thread, pools: list[tuple[Pool, bool]]) -> None:
         # The reader has ended (or was abandoned): undo the rest of run() in
         # reverse: the pulse and its heartbeat, the pool, the dispatcher.
         self._stop.set()
@@ -301,9 +372,10 @@ class Worker:
                 self.client.transport.delete(self._heartbeat_key)
             except BrokerUnavailable as exc:
                 logger.debug("Could not remove the heartbeat: %s", exc)
-        if pool is not None and not self.abandoned:
+        if not self.abandoned:
             logger.debug("Worker %s: stopping the receivers' threads", self.id)
-            pool.close()
+            for pool, _ in pools:
+                pool.close()
         if self._dispatcher is not None:
             # Nothing more will arrive: every gap still open is a loss.
             logger.debug("Worker %s: counting the messages it never received", self.id)
@@ -340,6 +412,7 @@ class Worker:
             "started_at": self.started_at,
             "last_seen": time.time(),
             "concurrency": self.concurrency,
+            "group": None if self.consumer is None else self.consumer.group,
             "signals": [s.name for s in self.signals],
             **self.stats.as_dict(),
         }

@@ -2,9 +2,12 @@
 
 A :class:`Client` turns ``send(signal, sender, **kwargs)`` into one encoded
 message published on ``"{namespace}:{signal name}"`` and returns how many
-workers received it. It speaks only to a :class:`~sigbroker.transport.Transport`:
-by default Redis pub/sub on its URL (:class:`~sigbroker.transport.redis_pubsub.RedisPubSub`,
-where the bounds, retries and error translation are), or any transport given
+workers received it; a durable signal's message is appended to the stream
+``"{namespace}:stream:{signal name}"`` instead, and the count is of the
+consumer groups (services) that will process it. It speaks only to a
+:class:`~sigbroker.transport.Transport`: by default Redis on its URL
+(:class:`~sigbroker.transport.redis_pubsub.RedisPubSub`, where the bounds,
+retries and error translation are), or any transport given
 (``sigbroker.testing`` gives an in-memory one).
 """
 
@@ -16,9 +19,10 @@ from typing import Any, TypeVar
 
 from .codec import DEFAULT_LIMITS, Codec, Limits
 from .config import SecretSetting, normalize_secrets, settings
+from .durable import stream_key
 from .errors import ConfigurationError
 from .naming import SignalLike, sender_reference
-from .transport.base import Transport
+from .transport.base import Destination, Stream, Transport
 from .transport.redis_endpoint import (
     CONNECT_TIMEOUT_S,
     SEND_RETRIES,
@@ -83,6 +87,7 @@ class Client:
         self.transport = transport
         self._prefix = f"{self.namespace}:"
         self._channels: dict[str, str] = {}
+        self._destinations: dict[SignalLike, Destination] = {}
         # Sequence numbers count per server and channel: the workers of each
         # server see only what was published there.
         self._sequence_keys: dict[str, str] = {}
@@ -93,12 +98,30 @@ class Client:
     # -- naming ---------------------------------------------------------------
 
     def channel(self, signal: SignalRef) -> str:
-        """Return the channel that carries ``signal`` (a Signal or a signal name)."""
-        name = signal if isinstance(signal, str) else signal.name
-        channel = self._channels.get(name)
-        if channel is None:
-            channel = self._channels[name] = self._prefix + name
-        return channel
+        """Return the channel that carries ``signal`` (a Signal or a signal name).
+
+        For a durable signal, the key of its stream.
+        """
+        destination = self.destination(signal)
+        return destination if isinstance(destination, str) else destination.key
+
+    def destination(self, signal: SignalRef) -> Destination:
+        """Where ``signal`` goes: its pub/sub channel, or its stream if it is durable."""
+        if type(signal) is str:
+            channel = self._channels.get(signal)
+            if channel is None:
+                channel = self._channels[signal] = self._prefix + signal
+            return channel
+        assert not isinstance(signal, str)
+        found = self._destinations.get(signal)
+        if found is None:
+            if getattr(signal, "durable", False):
+                maxlen: int = getattr(signal, "maxlen")  # noqa: B009 - a Signal's, typed here
+                found = Stream(stream_key(self.namespace, signal.name), maxlen)
+            else:
+                found = self.destination(signal.name)
+            self._destinations[signal] = found
+        return found
 
     def encode(self, signal: SignalRef, sender: object, kwargs: Mapping[str, Any]) -> bytes:
         """Check and encode one message; raises PayloadError and publishes nothing.
@@ -129,13 +152,16 @@ class Client:
     def send(self, signal: SignalRef, sender: object = None, **kwargs: Any) -> int:
         """Publish one signal; return how many workers received it.
 
+        A durable signal is appended to its stream: the count is of the
+        consumer groups that will process it (0 when no service consumes it
+        yet; it is kept within the stream's retention all the same).
         Raises :class:`PayloadError` (nothing published) for a payload that
         does not encode or breaks ``providing_args``, and
         :class:`BrokerUnavailable` when Redis can not be reached in time.
         When other threads are sending through this client at the same moment,
         their messages and this one travel together in one pipeline.
         """
-        return self.transport.publish(self.channel(signal), self.encode(signal, sender, kwargs))
+        return self.transport.publish(self.destination(signal), self.encode(signal, sender, kwargs))
 
     def publish(self, channel: str, data: bytes) -> int:
         """Publish raw bytes on a channel (for tools and tests); return the receiver count."""
@@ -163,7 +189,7 @@ class Client:
         reply.
         """
         data = self.encode(signal, sender, kwargs)
-        return await self.transport.apublish(self.channel(signal), data)
+        return await self.transport.apublish(self.destination(signal), data)
 
     async def aclose(self) -> None:
         """Close the asyncio connections of the running loop; call before the loop ends."""
@@ -222,13 +248,13 @@ class Batch:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._queued: list[tuple[str, bytes]] = []
+        self._queued: list[tuple[Destination, bytes]] = []
         self.results: list[int] = []
 
     def send(self, signal: SignalRef, sender: object = None, **kwargs: Any) -> None:
         """Queue one signal for publishing when the batch ends."""
         data = self.client.encode(signal, sender, kwargs)
-        self._queued.append((self.client.channel(signal), data))
+        self._queued.append((self.client.destination(signal), data))
 
     def __len__(self) -> int:
         return len(self._queued)

@@ -16,25 +16,30 @@ import asyncio
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from ._aio import EventLoopThread
 from .codec import Codec
 from .errors import ConfigurationError, InvalidMessage
+from .message import Message, _current
 from .naming import callable_name
+from .routing import Receiver
 from .sequences import Sequences
 from .signal import Signal
 from .stats import Stats
 from .throttle import Throttle
-from .transport.base import Done, Handler, Outcome
+from .transport.base import Delivery, Done, DurableDone, DurableHandler, Handler, Outcome
 
 __all__ = ["REPLAY_WINDOW_S", "Dispatcher", "Hook", "Submit"]
 
 #: How a worker runs receivers elsewhere: it is given a function that calls them.
 Submit = Callable[[Callable[[], None]], None]
-#: Calls a signal's receivers for one message: (cell, sender reference, arguments, id).
-Caller = Callable[[list[str | None], str | None, dict[str, Any], str], Outcome]
+#: Calls a signal's receivers for one message: (cell, sender reference, arguments, message).
+Caller = Callable[[list[str | None], str | None, dict[str, Any], Message], Outcome]
+#: Calls a durable message's receivers: (cell, delivery, sender reference, arguments, message).
+DurableCaller = Callable[[list[str | None], Delivery, str | None, dict[str, Any], Message], Outcome]
 #: Called without arguments before or after each message's receivers (see :class:`Dispatcher`).
 Hook = Callable[[], object]
 
@@ -46,6 +51,7 @@ REPLAY_WINDOW_S = 300.0
 MAX_SEEN_IDS = 100_000
 
 _now = time.time
+_message = tuple.__new__  # builds a Message without its Python-level __new__
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +156,13 @@ class Dispatcher:
         cells = threading.local()
 
         def pooled(
-            sender_ref: str | None, kwargs: dict[str, Any], message_id: str, done: Done | None
+            sender_ref: str | None, kwargs: dict[str, Any], message: Message, done: Done | None
         ) -> None:
             try:
                 mine = cells.cell
             except AttributeError:
                 mine = cells.cell = self._cell(name)
-            outcome = call(mine, sender_ref, kwargs, message_id)
+            outcome = call(mine, sender_ref, kwargs, message)
             if done is not None:
                 done(outcome)
 
@@ -181,12 +187,69 @@ class Dispatcher:
                 if done is not None:
                     done(REJECTED)
                 return REJECTED
+            message = _message(Message, (message_id, name, origin, sent_at, 1, None, None))
             if submit is None:
-                outcome = call(cell, sender_ref, kwargs, message_id)
+                outcome = call(cell, sender_ref, kwargs, message)
                 if done is not None:
                     done(outcome)
                 return outcome
-            submit(lambda: pooled(sender_ref, kwargs, message_id, done))
+            submit(lambda: pooled(sender_ref, kwargs, message, done))
+            return None
+
+        return handle
+
+    def durable_handler(
+        self, signal: Signal, group: str, submit: Submit | None = None
+    ) -> DurableHandler:
+        """The function that runs the receivers of ``signal``'s durable messages.
+
+        Like :meth:`handler`, but for a stream read in consumer ``group``:
+        no sequence or age checks (a redelivery, or a backlog older than the
+        replay window, is expected), the receivers named in the delivery's
+        ``skip`` are not run (and only ``only``, when set), and each receiver
+        that raises is noted in the delivery, so that only it is retried.
+        """
+        read = self.codec.read
+        name = signal.name
+        reject = self._reject
+        call = self._durable_caller(signal)
+        cell = self._cell(name)
+        cells = threading.local()
+
+        def pooled(
+            delivery: Delivery,
+            sender_ref: str | None,
+            kwargs: dict[str, Any],
+            message: Message,
+            done: DurableDone,
+        ) -> None:
+            try:
+                mine = cells.cell
+            except AttributeError:
+                mine = cells.cell = self._cell(name)
+            done(delivery, call(mine, delivery, sender_ref, kwargs, message))
+
+        def handle(delivery: Delivery, done: DurableDone) -> Outcome | None:
+            try:
+                signal_name, sender_ref, kwargs, message_id, sent_at, origin, _ = read(
+                    delivery.data
+                )
+            except InvalidMessage as exc:
+                reject(name, exc.reason, str(exc))
+                return REJECTED
+            if signal_name != name:
+                reject(name, "invalid", f"a message for {signal_name!r} on this stream")
+                return REJECTED
+            if "signal" in kwargs or "sender" in kwargs:
+                reject(name, "invalid", "arguments named 'signal' or 'sender' are not allowed")
+                return REJECTED
+            message = _message(
+                Message,
+                (message_id, name, origin, sent_at, delivery.deliveries, delivery.entry, group),
+            )
+            if submit is None:
+                return call(cell, delivery, sender_ref, kwargs, message)
+            submit(lambda: pooled(delivery, sender_ref, kwargs, message, done))
             return None
 
         return handle
@@ -202,18 +265,21 @@ class Dispatcher:
         """The function that calls ``signal``'s receivers for one message, robustly, and counts.
 
         It notes the message's id in the cell it is given while the receivers
-        run (for :meth:`in_flight`): a store, far cheaper than a lock or a dict.
+        run (for :meth:`in_flight`): a store, far cheaper than a lock or a
+        dict; and the message itself for :func:`~sigbroker.current_message`.
         """
         name = signal.name
         receivers_for = signal.remote_receivers
         stats = self.stats
         lock = stats.lock if self.threads > 1 else None
         run_async = self._run_async
+        current = _current
 
         def call(
-            cell: list[str | None], sender_ref: str | None, kwargs: dict[str, Any], message_id: str
+            cell: list[str | None], sender_ref: str | None, kwargs: dict[str, Any], message: Message
         ) -> Outcome:
-            cell[0] = message_id
+            cell[0] = message_id = message[0]
+            current.set(message)
             sender, sync_receivers, async_receivers = receivers_for(sender_ref)
             failed = 0
             for receiver in sync_receivers:
@@ -228,8 +294,10 @@ class Dispatcher:
                         message_id,
                     )
             if async_receivers:
-                failed += run_async(signal, sender, kwargs, async_receivers, message_id)
+                results = run_async(signal, sender, kwargs, async_receivers, message)
+                failed += sum(result is not None for result in results)
             cell[0] = None
+            current.set(None)
             if lock is None:
                 stats.processed += 1
                 stats.failed += failed
@@ -239,24 +307,92 @@ class Dispatcher:
                     stats.failed += failed
             return FAILED if failed else PROCESSED
 
-        if self.before_message is not None or self.after_message is not None:
-            return self._hooked(call)
-        return call
+        return self._hooked(call)
 
-    def _hooked(self, call: Caller) -> Caller:
-        """``call`` between the message hooks (built only when there are hooks)."""
+    def _durable_caller(self, signal: Signal) -> DurableCaller:
+        """Like :meth:`_caller` for a durable delivery: skips, ``only``, failures noted by name."""
+        receivers_for = signal.remote_receivers
+        stats = self.stats
+        run_async = self._run_async
+
+        def call(
+            cell: list[str | None],
+            delivery: Delivery,
+            sender_ref: str | None,
+            kwargs: dict[str, Any],
+            message: Message,
+        ) -> Outcome:
+            cell[0] = message[0]
+            _current.set(message)
+            sender, sync_all, async_all = receivers_for(sender_ref)
+            everything = sync_all + async_all
+            # Positions in ``everything`` of the receivers to run this time.
+            runs: range | list[int] = range(len(everything))
+            if delivery.skip or delivery.only is not None:
+                names = receiver_names(everything)
+                runs = [i for i in runs if _runs(names[i], delivery.skip, delivery.only)]
+            first_async = len(sync_all)
+            errors: list[tuple[int, BaseException]] = []
+            for i in runs:
+                if i >= first_async:
+                    break
+                receiver = everything[i]
+                try:
+                    receiver(signal=signal, sender=sender, **kwargs)
+                except Exception as exc:
+                    errors.append((i, exc))
+                    _log_failure(receiver, message, delivery)
+            async_runs = [i for i in runs if i >= first_async]
+            if async_runs:
+                chosen = [everything[i] for i in async_runs]
+                results = run_async(signal, sender, kwargs, chosen, message)
+                errors += [
+                    (i, e) for i, e in zip(async_runs, results, strict=True) if e is not None
+                ]
+            cell[0] = None
+            _current.set(None)
+            if errors:
+                _note(delivery, everything, runs, errors)
+            stats.add(processed=1, failed=len(errors))
+            return FAILED if errors else PROCESSED
+
         before, after = self.before_message, self.after_message
+        if before is None and after is None:
+            return call
 
         def hooked(
-            cell: list[str | None], sender_ref: str | None, kwargs: dict[str, Any], message_id: str
+            cell: list[str | None],
+            delivery: Delivery,
+            sender_ref: str | None,
+            kwargs: dict[str, Any],
+            message: Message,
         ) -> Outcome:
             if before is not None:
-                _run_hook(before, message_id)
+                _run_hook(before, message[0])
             try:
-                return call(cell, sender_ref, kwargs, message_id)
+                return call(cell, delivery, sender_ref, kwargs, message)
             finally:
                 if after is not None:
-                    _run_hook(after, message_id)
+                    _run_hook(after, message[0])
+
+        return hooked
+
+    def _hooked(self, call: Caller) -> Caller:
+        """``call`` between the message hooks (``call`` itself when there are none)."""
+        before, after = self.before_message, self.after_message
+        if before is None and after is None:
+            return call
+
+        def hooked(
+            cell: list[str | None], sender_ref: str | None, kwargs: dict[str, Any], message: Message
+        ) -> Outcome:
+            if before is not None:
+                _run_hook(before, message[0])
+            try:
+                return call(cell, sender_ref, kwargs, message)
+            finally:
+                if after is not None:
+                    _run_hook(after, message[0])
 
         return hooked
 
@@ -310,26 +446,72 @@ class Dispatcher:
         sender: object,
         kwargs: dict[str, Any],
         receivers: list[Callable[..., Any]],
-        message_id: str,
-    ) -> int:
+        message: Message,
+    ) -> list[BaseException | None]:
+        """Run async receivers together on the loop; each one's exception (logged) or None."""
+
         async def call(receiver: Callable[..., Any]) -> Any:
+            _current.set(message)  # the task's own context
             return await receiver(signal=signal, sender=sender, **kwargs)
 
         async def gather() -> list[Any]:
             return await asyncio.gather(*map(call, receivers), return_exceptions=True)
 
-        failed = 0
+        out: list[BaseException | None] = []
         for receiver, result in zip(receivers, self.loop.run(gather()), strict=True):
             if isinstance(result, Exception):
-                failed += 1
+                out.append(result)
                 logger.error(
                     "Error calling %s for %s (message %s)",
                     callable_name(receiver),
                     signal.name,
-                    message_id,
+                    message[0],
                     exc_info=result,
                 )
-        return failed
+            else:
+                out.append(None)
+        return out
+
+
+def receiver_names(receivers: list[Receiver]) -> list[str]:
+    """The receivers' names as durable delivery records them: qualified, ``#2`` for a repeat."""
+    seen: dict[str, int] = {}
+    names = []
+    for receiver in receivers:
+        name = callable_name(receiver)
+        seen[name] = count = seen.get(name, 0) + 1
+        names.append(name if count == 1 else f"{name}#{count}")
+    return names
+
+
+def _runs(name: str, skip: frozenset[str], only: str | None) -> bool:
+    return name not in skip and (only is None or name == only)
+
+
+def _log_failure(receiver: Receiver, message: Message, delivery: Delivery) -> None:
+    logger.exception(
+        "Error calling %s for %s (message %s, entry %s, delivery %d)",
+        callable_name(receiver),
+        message.signal,
+        message.id,
+        delivery.entry,
+        delivery.deliveries,
+    )
+
+
+def _note(
+    delivery: Delivery,
+    receivers: list[Receiver],
+    ran: range | list[int],
+    errors: list[tuple[int, BaseException]],
+) -> None:
+    """Note in ``delivery`` which receivers (by position) raised, and which of ``ran`` returned."""
+    names = receiver_names(receivers)
+    for i, exc in errors:
+        text = "".join(traceback.format_exception(exc))
+        delivery.failures[names[i]] = (f"{type(exc).__qualname__}: {exc}", text)
+    failed = {i for i, _ in errors}
+    delivery.succeeded.extend(names[i] for i in ran if i not in failed)
 
 
 def _run_hook(hook: Hook, message_id: str) -> None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import config, routing
 from ._aio import is_async_callable, run_to_completion
+from .durable import DEFAULT_MAXLEN
 from .errors import ConfigurationError, PayloadError
 from .naming import callable_name, creator_globals, find_signal_name
 from .routing import Receiver, ReceiverSlot, Registration, lookup_key
@@ -92,7 +93,11 @@ class Signal:
     ``providing_args`` declares the keyword arguments that every send carries
     (checked by :meth:`validate`); ``name`` is the stable name that the signal
     has on the wire (by default ``"<module>.<variable>"``); ``use_caching``
-    caches the receivers per sender, as in Django.
+    caches the receivers per sender, as in Django. A ``durable`` signal is
+    appended to a Redis stream that keeps about ``maxlen`` entries (default
+    :data:`~sigbroker.durable.DEFAULT_MAXLEN`) instead of being published:
+    each consumer group (a service's workers, ``--group``) processes every
+    message at least once (see :mod:`sigbroker.durable`).
     """
 
     def __init__(
@@ -100,6 +105,8 @@ class Signal:
         providing_args: Iterable[str] | None = None,
         name: str | None = None,
         use_caching: bool = False,
+        durable: bool = False,
+        maxlen: int | None = None,
     ) -> None:
         if isinstance(providing_args, str):
             raise TypeError("providing_args must be a list of argument names, not a string")
@@ -114,6 +121,14 @@ class Signal:
         #: Serializes every change to ``receivers``.
         self.lock = threading.Lock()
         self.use_caching = use_caching
+        if maxlen is not None and (type(maxlen) is not int or maxlen < 1):
+            raise ConfigurationError(f"maxlen must be a positive int, not {maxlen!r}")
+        if maxlen is not None and not durable:
+            raise ConfigurationError("maxlen applies to durable signals only (durable=True)")
+        #: Appended to a stream, processed once per consumer group (see sigbroker.durable).
+        self.durable = bool(durable)
+        #: About how many entries the stream of a durable signal keeps.
+        self.maxlen = DEFAULT_MAXLEN if maxlen is None else maxlen
         # Per sender, the receivers it reaches; weak keys so that caching keeps no sender alive.
         self.sender_receivers_cache: MutableMapping[Any, Any] = (
             weakref.WeakKeyDictionary() if use_caching else {}

@@ -38,13 +38,15 @@ from .config import SecretSetting
 from .errors import InvalidMessage
 from .signal import Signal, all_signals
 from .stats import Stats
-from .transport.base import reset_after_fork
+from .transport.base import Destination, reset_after_fork
 from .transport.memory import MemoryTransport
 
 __all__ = ["InMemoryBroker", "in_memory"]
 
 #: Longest a test waits for the in-memory worker to start or stop.
 WORKER_START_TIMEOUT_S = 10.0
+#: The consumer group the in-memory worker runs durable signals in (each runs once).
+IN_MEMORY_GROUP = "in-memory"
 
 
 class InMemoryBroker(Client):
@@ -137,7 +139,7 @@ class InMemoryBroker(Client):
             try:
                 self._stop_worker()
                 wanted = self._receiving | missing
-                worker = Worker(self, signals=wanted)
+                worker = Worker(self, signals=wanted, group=IN_MEMORY_GROUP)
                 worker.stats = self.stats
                 worker.start()
                 worker.wait_ready(WORKER_START_TIMEOUT_S)
@@ -178,8 +180,9 @@ class _Transport(MemoryTransport):
         super().__init__(record=True)  # the raw bytes too: tests look inside them
         self._broker = broker
 
-    def publish(self, channel: str, data: bytes) -> int:
-        return self._broker._publish(channel, data, super().publish)
+    def publish(self, channel: Destination, data: bytes) -> int:
+        key = channel if isinstance(channel, str) else channel.key  # a durable signal's stream
+        return self._broker._publish(key, data, super().publish)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from types import FrameType
 
 import click
 
+from ..durable import CLAIM_IDLE_S, MAX_DELIVERIES
 from .context import Options, app_option, load_modules, pass_options
 
 __all__ = ["LOG_FORMAT", "worker"]
@@ -49,6 +50,31 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     help="With a secret: reject messages sent longer ago than this (seconds) as replays.",
 )
 @click.option(
+    "--group",
+    default=None,
+    metavar="NAME",
+    help="Consumer group of durable signals (one per service; its workers share the messages).",
+)
+@click.option(
+    "--from-start",
+    is_flag=True,
+    help="A group this worker creates starts at the streams' first retained entry, not the end.",
+)
+@click.option(
+    "--max-deliveries",
+    default=MAX_DELIVERIES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Attempts of a durable receiver on one message before it is dead-lettered.",
+)
+@click.option(
+    "--claim-idle",
+    default=CLAIM_IDLE_S,
+    show_default=True,
+    type=click.FloatRange(min=10),
+    help="Seconds a durable message may sit pending before another worker claims it.",
+)
+@click.option(
     "--loglevel",
     "-l",
     default="INFO",
@@ -62,6 +88,10 @@ def worker(
     concurrency: int,
     shutdown_timeout: float,
     max_age: float,
+    group: str | None,
+    from_start: bool,
+    max_deliveries: int,
+    claim_idle: float,
     loglevel: str,
 ) -> None:
     """Run the receivers of MODULE for signals sent by any process."""
@@ -81,6 +111,10 @@ def worker(
         max_age_s=max_age,
         before_message=framework.before_message if framework is not None else None,
         after_message=framework.after_message if framework is not None else None,
+        group=group,
+        from_start=from_start,
+        max_deliveries=max_deliveries,
+        claim_idle_s=claim_idle,
     )
     received = _install_stop_handlers(w.stop, w.stop_now)
     w.run()

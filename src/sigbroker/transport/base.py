@@ -6,7 +6,14 @@ messages of some channels to their handlers until it is stopped, and
 acknowledges each one when the transport needs it (pub/sub does not; a
 durable stream does). The client and the worker speak only to this
 interface, so a delivery mode is one module next to this one:
-``redis_pubsub`` (Redis PUBLISH/SUBSCRIBE) and ``memory`` (this process).
+``redis_pubsub`` (Redis PUBLISH/SUBSCRIBE), ``redis_streams`` (durable
+delivery on consumer groups) and ``memory`` (this process). A message goes
+to a channel (a ``str``: broadcast) or to a :class:`Stream` (durable).
+
+A durable source hands each message to a :class:`DurableHandler` with its
+:class:`Delivery`: which receivers already succeeded (never run again), and
+where the dispatcher notes which receivers raised, so that only those are
+retried.
 
 A handler is the dispatcher's per-channel function: it takes the encoded
 message and, when the source needs to know when the message is finished, a
@@ -28,17 +35,24 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from ..durable import ConsumerOptions
 from ..stats import Stats
 
 __all__ = [
     "ABANDON_COUNT_LIMIT",
+    "Combined",
+    "Delivery",
+    "Destination",
     "Done",
+    "DurableDone",
+    "DurableHandler",
     "Handler",
     "Outcome",
     "PatternHandler",
     "Source",
+    "Stream",
     "Transport",
     "reset_after_fork",
 ]
@@ -75,6 +89,62 @@ class Handler(Protocol):
 PatternHandler = Callable[[bytes, bytes], None]
 
 
+class Stream(NamedTuple):
+    """A durable destination: the key of a stream and about how many entries it keeps."""
+
+    key: str
+    maxlen: int
+
+
+#: Where a message goes: a pub/sub channel, or a stream.
+Destination = str | Stream
+
+
+class Delivery:
+    """One delivery of a durable message to a dispatcher, and what became of it.
+
+    The source fills the first fields; the dispatcher runs every receiver of
+    the message except those named in ``skip`` (they succeeded on an earlier
+    delivery), or only the one named ``only`` (a dead letter replayed), and
+    notes in ``failures`` each receiver that raised (its name: the error's
+    line and its traceback) and in ``succeeded`` each one that returned.
+    """
+
+    __slots__ = ("data", "deliveries", "entry", "failures", "only", "skip", "stream", "succeeded")
+
+    def __init__(
+        self,
+        stream: str,
+        entry: str,
+        data: bytes,
+        deliveries: int = 1,
+        skip: frozenset[str] = frozenset(),
+        only: str | None = None,
+    ) -> None:
+        self.stream = stream
+        self.entry = entry
+        self.data = data
+        self.deliveries = deliveries
+        self.skip = skip
+        self.only = only
+        self.failures: dict[str, tuple[str, str]] = {}
+        self.succeeded: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.stream} {self.entry} #{self.deliveries}>"
+
+
+#: Called once with a durable message handed to a pool and its outcome, in the pool's thread.
+DurableDone = Callable[[Delivery, Outcome], None]
+
+
+class DurableHandler(Protocol):
+    """The function a durable source calls with each message of one stream."""
+
+    def __call__(self, delivery: Delivery, done: DurableDone, /) -> Outcome | None:
+        """Run ``delivery``: return its outcome, or None and call ``done`` later (a pool)."""
+
+
 class Source(ABC):
     """The messages of some channels, delivered to their handlers until stopped.
 
@@ -109,6 +179,71 @@ class Source(ABC):
         """Acknowledge the message ``token`` once it finished (for transports that need it)."""
 
 
+class Combined(Source):
+    """Several sources as one (a worker's pub/sub and durable signals).
+
+    :meth:`run` runs each on a thread of its own and returns when all
+    ended; it is ready while every one is.
+    """
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        self.sources = list(sources)
+        self.ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        """Run every source; raise the first error one of them raised."""
+        threads = [
+            threading.Thread(target=self._run, args=(s,), name="sigbroker-reader", daemon=True)
+            for s in self.sources
+        ]
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads):
+            if all(s.ready.is_set() for s in self.sources):
+                self.ready.set()
+            else:
+                self.ready.clear()
+            threads[0].join(0.05) if threads[0].is_alive() else threads[-1].join(0.05)
+        self.ready.clear()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self, source: Source) -> None:
+        try:
+            source.run()
+        except BaseException as exc:  # the others stop too; run() raises it
+            if self._error is None:
+                self._error = exc
+            for other in self.sources:
+                other.stop()
+
+    def stop(self) -> None:
+        """Stop every source at once."""
+        for source in self.sources:
+            source.stop()
+
+    def drain(self) -> None:
+        """Stop every source warmly."""
+        for source in self.sources:
+            source.drain()
+
+    def abandon(self) -> int:
+        """Abandon every source; the sum of what they will not deliver."""
+        return sum(source.abandon() for source in self.sources)
+
+    def pulse(self) -> None:
+        """Pulse every source; one that can not reach its server does not stop the others."""
+        failed: BaseException | None = None
+        for source in self.sources:
+            try:
+                source.pulse()
+            except Exception as exc:
+                failed = exc
+        if failed is not None:
+            raise failed
+
+
 class Transport(ABC):
     """Publishes encoded messages on channels and makes sources that read them.
 
@@ -122,20 +257,20 @@ class Transport(ABC):
     server: str
 
     @abstractmethod
-    def publish(self, channel: str, data: bytes) -> int:
-        """Publish one message; return how many subscribers received it."""
+    def publish(self, channel: Destination, data: bytes) -> int:
+        """Publish one message; return how many subscribers (stream: groups) will get it."""
 
     @abstractmethod
-    def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
-        """Publish messages in one round trip; return each one's subscriber count.
+    def publish_many(self, messages: Sequence[tuple[Destination, bytes]]) -> list[int]:
+        """Publish messages in one round trip; return each one's count.
 
         Raises :class:`~sigbroker.errors.BatchRefused` if some were refused
         and the others delivered.
         """
 
     @abstractmethod
-    async def apublish(self, channel: str, data: bytes) -> int:
-        """Publish one message from an event loop; return the subscriber count."""
+    async def apublish(self, channel: Destination, data: bytes) -> int:
+        """Publish one message from an event loop; return its count."""
 
     @abstractmethod
     def source(
@@ -152,6 +287,23 @@ class Transport(ABC):
         ``probe`` names a channel of the source's own that it may use to
         check that it still receives; ``stats`` gets its resubscriptions.
         """
+
+    def stream_source(
+        self,
+        routes: Mapping[str, DurableHandler],
+        *,
+        options: ConsumerOptions,
+        consumer: str,
+        namespace: str,
+        alive_key: Callable[[str], str],
+        stats: Stats,
+    ) -> Source:
+        """A source of the streams of ``routes``, read as ``consumer`` of ``options.group``.
+
+        ``alive_key`` names the key whose presence says that a consumer (a
+        worker) is alive; ``namespace`` places the group's dead letters.
+        """
+        raise NotImplementedError(f"{self.display} has no durable delivery")
 
     @abstractmethod
     def put(self, key: str, value: str, ttl_s: float) -> None:

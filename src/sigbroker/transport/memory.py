@@ -18,11 +18,23 @@ import collections
 import fnmatch
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..durable import ConsumerOptions
 from ..stats import Stats
-from .base import Handler, PatternHandler, Source, Transport, reset_after_fork
+from .base import (
+    Delivery,
+    Destination,
+    Done,
+    DurableHandler,
+    Handler,
+    Outcome,
+    PatternHandler,
+    Source,
+    Transport,
+    reset_after_fork,
+)
 
 __all__ = ["MemorySource", "MemoryTransport"]
 
@@ -170,8 +182,13 @@ class MemoryTransport(Transport):
             if source in self._sources:
                 self._sources.remove(source)
 
-    def publish(self, channel: str, data: bytes) -> int:
-        """Hand the message to every source of this transport that has its channel."""
+    def publish(self, channel: Destination, data: bytes) -> int:
+        """Hand the message to every source of this transport that has its channel.
+
+        A durable signal's stream is a channel like any other here.
+        """
+        if not isinstance(channel, str):
+            channel = channel.key
         with self._lock:
             if self.record:
                 self.sent.append((channel, data))
@@ -183,11 +200,11 @@ class MemoryTransport(Transport):
                 source.wait_idle()
         return len(targets)
 
-    def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
+    def publish_many(self, messages: Sequence[tuple[Destination, bytes]]) -> list[int]:
         """Publish each message in turn; return their counts."""
         return [self.publish(channel, data) for channel, data in messages]
 
-    async def apublish(self, channel: str, data: bytes) -> int:
+    async def apublish(self, channel: Destination, data: bytes) -> int:
         """Same as :meth:`publish`."""
         return self.publish(channel, data)
 
@@ -202,6 +219,23 @@ class MemoryTransport(Transport):
     ) -> MemorySource:
         """A source that receives from :meth:`run`'s start until it stops (no probe needed)."""
         return MemorySource(self, routes, patterns, on_pattern)
+
+    def stream_source(
+        self,
+        routes: Mapping[str, DurableHandler],
+        *,
+        options: ConsumerOptions,
+        consumer: str,
+        namespace: str,
+        alive_key: Callable[[str], str],
+        stats: Stats,
+    ) -> MemorySource:
+        """Durable signals in this process: each message's receivers run once.
+
+        There is no stream to keep messages, so no retries and no dead
+        letters: a receiver that raises is logged and counted, as in pub/sub.
+        """
+        return MemorySource(self, {k: _once(k, h) for k, h in routes.items()}, (), None)
 
     def put(self, key: str, value: str, ttl_s: float) -> None:
         """Keep ``value`` until ``ttl_s`` from now."""
@@ -247,3 +281,18 @@ class MemoryTransport(Transport):
         """In a forked child: new locks; the parent's sources do not run here."""
         self._lock = threading.Lock()
         self._sources = []
+
+
+def _once(stream: str, handler: DurableHandler) -> Handler:
+    # A durable handler as a plain one: one delivery of each message.
+    def handle(data: bytes, done: Done | None = None) -> Outcome | None:
+        def finished(delivery: Delivery, outcome: Outcome) -> None:
+            if done is not None:
+                done(outcome)
+
+        outcome = handler(Delivery(stream, "0-0", data), finished)
+        if outcome is not None and done is not None:
+            done(outcome)
+        return outcome
+
+    return handle

@@ -1,12 +1,14 @@
-"""The Redis pub/sub transport: PUBLISH with group commit, SUBSCRIBE with a probe.
+"""The Redis transport: PUBLISH with group commit, SUBSCRIBE with a probe; streams.
 
 Broadcast and at-most-once: every worker subscribed to a channel gets each
 message published on it while it is subscribed; the sequence numbers in the
 envelope let a worker count what it missed. The parts: :mod:`.redis_endpoint`
 (the URL, connections, retries, error translation), :mod:`.redis_publisher`
 (pre-framed PUBLISH, group commit, asyncio) and :mod:`.redis_subscription`
-(the reader). Every redis-py exception is translated into sigbroker's own
-here, at the boundary, and its text scrubbed of the URL's secrets.
+(the reader). Durable signals go through the same publisher to streams, and
+are read by :mod:`.redis_streams`' consumer. Every redis-py exception is
+translated into sigbroker's own here, at the boundary, and its text scrubbed
+of the URL's secrets.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio
 
+from ..durable import ConsumerOptions
 from ..stats import Stats
 from . import redis_endpoint
-from .base import Handler, PatternHandler, Transport, reset_after_fork
+from .base import Destination, DurableHandler, Handler, PatternHandler, Transport, reset_after_fork
 from .redis_endpoint import Endpoint
 from .redis_publisher import Publisher, apublish, frame, publish_command
+from .redis_streams import StreamConsumer, append_command
 from .redis_subscription import Subscription
 
 __all__ = ["RedisPubSub"]
@@ -56,7 +60,7 @@ class RedisPubSub(Transport):
         self.use_hiredis = (
             (redis_endpoint.hiredis is not None) if use_hiredis is None else use_hiredis
         )
-        self._commands: dict[str, bytes] = {}
+        self._commands: dict[Destination, bytes] = {}
         self._publisher = Publisher(self.endpoint, use_hiredis=self.use_hiredis)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             weakref.WeakKeyDictionary()
@@ -66,21 +70,23 @@ class RedisPubSub(Transport):
     def __repr__(self) -> str:
         return f"<RedisPubSub {self.display}>"
 
-    def _command(self, channel: str) -> bytes:
-        # The PUBLISH command up to the message, framed once per channel.
+    def _command(self, channel: Destination) -> bytes:
+        # The PUBLISH (or a stream's append) up to the message, framed once per destination.
         command = self._commands.get(channel)
         if command is None:
-            command = self._commands[channel] = publish_command(channel)
+            command = self._commands[channel] = (
+                publish_command(channel) if isinstance(channel, str) else append_command(channel)
+            )
         return command
 
     # -- publishing -----------------------------------------------------------
 
-    def publish(self, channel: str, data: bytes) -> int:
-        """Publish one message; return how many subscribers received it."""
+    def publish(self, channel: Destination, data: bytes) -> int:
+        """Publish one message; return how many subscribers (a stream: groups) will get it."""
         count: int = self._publisher.publish(frame(self._command(channel), data))
         return count
 
-    def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
+    def publish_many(self, messages: Sequence[tuple[Destination, bytes]]) -> list[int]:
         """Publish messages as one pipeline; BatchRefused if Redis refused some."""
         if not messages:
             return []
@@ -89,7 +95,7 @@ class RedisPubSub(Transport):
         counts: list[int] = self._publisher.publish(frames, len(messages), many=True)
         return counts
 
-    async def apublish(self, channel: str, data: bytes) -> int:
+    async def apublish(self, channel: Destination, data: bytes) -> int:
         """Publish one message on ``redis.asyncio``, in the running loop."""
         pool = self._async_redis().connection_pool
         return await apublish(self.endpoint, pool, frame(self._command(channel), data))
@@ -130,6 +136,28 @@ class RedisPubSub(Transport):
             on_pattern=on_pattern,
             use_hiredis=self.use_hiredis,
             stats=stats,
+        )
+
+    def stream_source(
+        self,
+        routes: Mapping[str, DurableHandler],
+        *,
+        options: ConsumerOptions,
+        consumer: str,
+        namespace: str,
+        alive_key: Callable[[str], str],
+        stats: Stats,
+    ) -> StreamConsumer:
+        """The durable signals' streams of ``routes``, read in a consumer group."""
+        return StreamConsumer(
+            self.endpoint,
+            routes,
+            options=options,
+            consumer=consumer,
+            namespace=namespace,
+            alive_key=alive_key,
+            stats=stats,
+            use_hiredis=self.use_hiredis,
         )
 
     # -- keys and the operator's view -----------------------------------------
