@@ -9,6 +9,8 @@ binary the suite falls back to fakeredis's TCP server, unless
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 
 from sigbroker import config
 from sigbroker.devserver import DevServer, redis_server_path
-from tests.helpers import WorkerProcess
+from tests.helpers import ROOT, WorkerProcess
 
 REQUIRE_REDIS = os.environ.get("SIGBROKER_REQUIRE_REDIS") == "1"
 
@@ -120,3 +122,36 @@ def start_worker(
     finally:
         for worker in started:
             worker.stop()
+
+
+@pytest.fixture
+def listener(redis_url: str, namespace: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``sigbroker listen`` subprocesses on the test's namespace; all are killed after."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sigbroker",
+                "--url",
+                redis_url,
+                "--namespace",
+                namespace,
+                "listen",
+                *args,
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.communicate()

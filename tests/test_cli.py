@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +250,7 @@ def test_workers_lists_the_live_worker(
         "ID",
         "HOST",
         "PID",
+        "GROUP",
         "UPTIME",
         "SIGNALS",
         "PROCESSED",
@@ -262,6 +262,7 @@ def test_workers_lists_the_live_worker(
         "SEEN",
     ]
     assert str(worker.proc.pid) in table[1]
+    assert row["group"] is None and table[1].split()[3] == "-"  # a pub/sub worker
 
 
 def test_workers_and_channels_when_nothing_is_live(
@@ -285,38 +286,6 @@ def test_inspect_lists_signals_and_receivers_without_redis(runner: CliRunner) ->
     senders = {r["receiver"]: r["sender"] for r in row["receivers"]}
     assert senders["tests.app.receivers.on_user_class"] == "tests.app.signals.User"
     assert senders["tests.app.receivers.on_billing_string"] == "billing"
-
-
-@pytest.fixture
-def listener(redis_url: str, namespace: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sigbroker",
-                "--url",
-                redis_url,
-                "--namespace",
-                namespace,
-                "listen",
-                *args,
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.communicate()
 
 
 def test_listen_prints_json_lines_and_stops_after_count(

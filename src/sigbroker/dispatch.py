@@ -24,7 +24,7 @@ from ._aio import EventLoopThread
 from .codec import Codec
 from .errors import ConfigurationError, InvalidMessage
 from .message import Message, _current
-from .naming import callable_name
+from .naming import callable_name, qualified_name
 from .routing import Receiver
 from .sequences import Sequences
 from .signal import Signal
@@ -310,10 +310,16 @@ class Dispatcher:
         return self._hooked(call)
 
     def _durable_caller(self, signal: Signal) -> DurableCaller:
-        """Like :meth:`_caller` for a durable delivery: skips, ``only``, failures noted by name."""
+        """Like :meth:`_caller` for a durable delivery: skips, ``only``, failures noted by name.
+
+        The common case (a first delivery to sync receivers) takes a short
+        path; a delivery that skips receivers, or has async ones, the general one.
+        """
         receivers_for = signal.remote_receivers
         stats = self.stats
+        lock = stats.lock if self.threads > 1 else None
         run_async = self._run_async
+        current = _current
 
         def call(
             cell: list[str | None],
@@ -323,38 +329,37 @@ class Dispatcher:
             message: Message,
         ) -> Outcome:
             cell[0] = message[0]
-            _current.set(message)
-            sender, sync_all, async_all = receivers_for(sender_ref)
-            everything = sync_all + async_all
-            # Positions in ``everything`` of the receivers to run this time.
-            runs: range | list[int] = range(len(everything))
-            if delivery.skip or delivery.only is not None:
-                names = receiver_names(everything)
-                runs = [i for i in runs if _runs(names[i], delivery.skip, delivery.only)]
-            first_async = len(sync_all)
-            errors: list[tuple[int, BaseException]] = []
-            for i in runs:
-                if i >= first_async:
-                    break
-                receiver = everything[i]
-                try:
-                    receiver(signal=signal, sender=sender, **kwargs)
-                except Exception as exc:
-                    errors.append((i, exc))
-                    _log_failure(receiver, message, delivery)
-            async_runs = [i for i in runs if i >= first_async]
-            if async_runs:
-                chosen = [everything[i] for i in async_runs]
-                results = run_async(signal, sender, kwargs, chosen, message)
-                errors += [
-                    (i, e) for i, e in zip(async_runs, results, strict=True) if e is not None
-                ]
+            current.set(message)
+            sender, sync_receivers, async_receivers = receivers_for(sender_ref)
+            failed = 0
+            if async_receivers or delivery.skip or delivery.only is not None:
+                everything = sync_receivers + async_receivers
+                first_async = len(sync_receivers)
+                failed = _run_chosen(
+                    signal, run_async, delivery, sender, everything, first_async, kwargs, message
+                )
+            else:
+                errors: list[tuple[int, BaseException]] | None = None
+                for i, receiver in enumerate(sync_receivers):
+                    try:
+                        receiver(signal=signal, sender=sender, **kwargs)
+                    except Exception as exc:
+                        _log_failure(receiver, message, delivery)
+                        errors = errors or []
+                        errors.append((i, exc))
+                if errors:
+                    _note(delivery, sync_receivers, range(len(sync_receivers)), errors)
+                    failed = len(errors)
             cell[0] = None
-            _current.set(None)
-            if errors:
-                _note(delivery, everything, runs, errors)
-            stats.add(processed=1, failed=len(errors))
-            return FAILED if errors else PROCESSED
+            current.set(None)
+            if lock is None:
+                stats.processed += 1
+                stats.failed += failed
+            else:
+                with lock:
+                    stats.processed += 1
+                    stats.failed += failed
+            return FAILED if failed else PROCESSED
 
         before, after = self.before_message, self.after_message
         if before is None and after is None:
@@ -474,14 +479,59 @@ class Dispatcher:
 
 
 def receiver_names(receivers: list[Receiver]) -> list[str]:
-    """The receivers' names as durable delivery records them: qualified, ``#2`` for a repeat."""
+    """The receivers' names as durable delivery records them: ``module.QualName``.
+
+    The same in every process of a service (they name the receivers that
+    succeeded, across retries and claims, and the one a replay runs): a
+    callable object is named after its class, and the second receiver of one
+    name gets ``#2``.
+    """
     seen: dict[str, int] = {}
     names = []
     for receiver in receivers:
-        name = callable_name(receiver)
+        named = getattr(receiver, "__qualname__", None)
+        name = qualified_name(receiver if isinstance(named, str) else type(receiver))
         seen[name] = count = seen.get(name, 0) + 1
         names.append(name if count == 1 else f"{name}#{count}")
     return names
+
+
+def _run_chosen(
+    signal: Signal,
+    run_async: Callable[..., list[BaseException | None]],
+    delivery: Delivery,
+    sender: object,
+    everything: list[Receiver],
+    first_async: int,
+    kwargs: dict[str, Any],
+    message: Message,
+) -> int:
+    """Run the receivers of a durable delivery that it does not skip; note failures; count them.
+
+    ``everything`` holds the sync receivers, then (from ``first_async``) the async ones.
+    """
+    # Positions in ``everything`` of the receivers to run this time.
+    runs: range | list[int] = range(len(everything))
+    if delivery.skip or delivery.only is not None:
+        names = receiver_names(everything)
+        runs = [i for i in runs if _runs(names[i], delivery.skip, delivery.only)]
+    errors: list[tuple[int, BaseException]] = []
+    for i in runs:
+        if i >= first_async:
+            break
+        try:
+            everything[i](signal=signal, sender=sender, **kwargs)
+        except Exception as exc:
+            errors.append((i, exc))
+            _log_failure(everything[i], message, delivery)
+    async_runs = [i for i in runs if i >= first_async]
+    if async_runs:
+        chosen = [everything[i] for i in async_runs]
+        results = run_async(signal, sender, kwargs, chosen, message)
+        errors += [(i, e) for i, e in zip(async_runs, results, strict=True) if e is not None]
+    if errors:
+        _note(delivery, everything, runs, errors)
+    return len(errors)
 
 
 def _runs(name: str, skip: frozenset[str], only: str | None) -> bool:

@@ -7,7 +7,8 @@ worker and the dev server. Errors are one line on stderr with exit code 1
 Here: the group, its global options and its error handling. The commands live
 in one module per concern: :mod:`~sigbroker.cli.worker` (with the OS signal
 handlers), :mod:`~sigbroker.cli.send`, :mod:`~sigbroker.cli.inspection`
-(``channels``, ``workers``, ``listen``, ``inspect``, ``ping``) and
+(``channels``, ``workers``, ``listen``, ``inspect``, ``ping``),
+:mod:`~sigbroker.cli.streams` (``streams``, ``dlq``: durable signals) and
 :mod:`~sigbroker.cli.dev` (``server``, ``demo``). They share
 :mod:`~sigbroker.cli.context` and never import this package's namespace, so
 the imports have no cycle. Nothing here imports redis: ``--help`` stays fast.
@@ -26,6 +27,7 @@ from .context import Framework, Options
 from .dev import demo, server
 from .inspection import channels, inspect, listen, ping, workers
 from .send import send
+from .streams import dlq, streams
 from .worker import worker
 
 __all__ = ["cli", "main"]
@@ -106,7 +108,19 @@ def _secrets(secret: str | None, secret_file: str | None) -> tuple[bytes, ...] |
     return normalize_secrets([s.strip() for s in secret.split(",")])
 
 
-for _command in (worker, send, channels, listen, workers, inspect, ping, server, demo):
+for _command in (
+    worker,
+    send,
+    channels,
+    listen,
+    workers,
+    streams,
+    dlq,
+    inspect,
+    ping,
+    server,
+    demo,
+):
     cli.add_command(_command)
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "RECOMMENDED_PUBSUB_HARD_BYTES",
     "RECOMMENDED_PUBSUB_SOFT_BYTES",
     "channels",
+    "duration",
+    "echo_json",
     "inspect",
     "listen",
     "output_buffer_warning",
@@ -40,13 +42,15 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def _echo_json(value: object) -> None:
+def echo_json(value: object) -> None:
+    """Print ``value`` as one line of JSON (the ``--json`` output of every command)."""
     import json  # deferred: only --json needs it, and --help stays fast
 
     click.echo(json.dumps(value))
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A short, readable duration: ``42s``, ``3m05s``, ``2h10m``."""
     seconds = max(0, int(seconds))
     if seconds < 60:
         return f"{seconds}s"
@@ -73,7 +77,7 @@ def channels(opts: Options, as_json: bool) -> None:
         {"channel": ch, "signal": ch[len(prefix) :], "subscribers": n} for ch, n in live.items()
     ]
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
     elif not rows:
         click.echo(f"No live channels in namespace {client.namespace!r}")
     else:
@@ -94,8 +98,10 @@ def workers(opts: Options, as_json: bool) -> None:
 
     with opts.client() as client:
         found = list_workers(client)
+    for heartbeat in found:
+        heartbeat.setdefault("group", None)  # a worker of an older version has none
     if as_json:
-        _echo_json(found)
+        echo_json(found)
         return
     if not found:
         click.echo(f"No live workers in namespace {client.namespace!r}")
@@ -111,14 +117,15 @@ def _worker_columns(heartbeat: dict[str, Any], now: float) -> dict[str, object]:
         "ID": heartbeat.get("id", "?"),
         "HOST": heartbeat.get("host", "?"),
         "PID": heartbeat.get("pid", "?"),
-        "UPTIME": _duration(now - float(heartbeat.get("started_at", now))),
+        "GROUP": heartbeat.get("group") or "-",  # None: a worker of pub/sub signals only
+        "UPTIME": duration(now - float(heartbeat.get("started_at", now))),
         "SIGNALS": len(heartbeat.get("signals", [])),
         "PROCESSED": heartbeat.get("processed", 0),
         "FAILED": heartbeat.get("failed", 0),
         "REJECTED": heartbeat.get("rejected", 0),
         "LOST": heartbeat.get("lost", "?"),  # a worker of an older version does not count it
         "RESUBSCRIBES": heartbeat.get("resubscribes", 0),
-        "LAST SEEN": f"{_duration(now - float(heartbeat.get('last_seen', now)))} ago",
+        "LAST SEEN": f"{duration(now - float(heartbeat.get('last_seen', now)))} ago",
     }
 
 
@@ -128,7 +135,7 @@ def _worker_columns(heartbeat: dict[str, Any], now: float) -> dict[str, object]:
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N messages.")
 @pass_options
 def listen(opts: Options, signal_names: tuple[str, ...], as_json: bool, count: int | None) -> None:
-    """Decode and print messages as they pass (all signals of the namespace by default)."""
+    """Decode and print messages as they pass, durable ones too (default: every signal)."""
     from .listen import Listener
 
     with opts.client() as client:
@@ -157,7 +164,7 @@ def inspect(opts: Options, modules: tuple[str, ...], as_json: bool) -> None:
             }
         )
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     lines = []
     for row in rows:

@@ -85,8 +85,12 @@ DEAD_IDLE_MS = 5000
 REFRESH_AFTER_S = 2.0
 #: Entries claimed at once.
 CLAIM_COUNT = 100
+#: Batches of a dead consumer's entries one pulse claims.
+CLAIM_ROUNDS = 20
 #: Longest wait before a reconnect.
 RECONNECT_MAX_S = 5.0
+#: Stands for a read when the reader takes nothing new: its reply is no batch.
+_NOTHING = b"*2\r\n$4\r\nECHO\r\n$0\r\n\r\n"
 
 
 def command(*args: bytes | str | int | float) -> bytes:
@@ -208,9 +212,12 @@ class StreamConsumer(Source):
         # Finished messages to acknowledge with the next read, per stream
         # (deques: appended from pool threads, emptied by the reader).
         self._acks: dict[bytes, deque[bytes]] = {s: deque() for s in self._streams}
-        # Every message this worker holds (read and not acknowledged) and
-        # when it was last seen to hold it: the pulse keeps them from idling.
-        self._held: dict[tuple[bytes, bytes], float] = {}
+        # What this worker holds, that the pulse keeps from looking idle: the
+        # batch running (stream, entries, since), the messages in a pool, and
+        # those waiting for a retry.
+        self._batch: list[Any] | None = None
+        self._pooled: dict[tuple[bytes, bytes], float] = {}
+        self._pooled_early: set[tuple[bytes, bytes]] = set()
         # Messages with a field in the retry hash, to delete on acknowledgement.
         self._stateful: set[tuple[bytes, bytes]] = set()
         # (due, n, stream, entry, data, deliveries, skip, only): retries and claims.
@@ -218,7 +225,6 @@ class StreamConsumer(Source):
         self._waiting = []
         self._order = itertools.count()
         self._lock = threading.Lock()
-        self._in_pool = 0
         self._stop_now = False
         self._draining = False
         self._created: set[bytes] = set()
@@ -315,54 +321,59 @@ class StreamConsumer(Source):
             )
         )
         (history,) = replies.read(1)
+        held = self._holding()
         for stream, entries in history or ():
-            lost = [e for e, f in entries if not f and (stream, e) not in self._held]
+            lost = [e for e, f in entries if not f and (stream, e) not in held]
             if lost:
                 self._count_lost(stream, lost, "deleted or trimmed while pending")
-            mine = [(e, f) for e, f in entries if f and (stream, e) not in self._held]
+            mine = [(e, f) for e, f in entries if f and (stream, e) not in held]
             if mine:
                 self._take_over(stream, mine, dead_holder=False)
 
     def _loop(self, conn: Any, replies: Replies) -> None:
+        # The next read goes out before the batch in hand runs: Redis gathers
+        # it while the receivers work. Acks of finished messages ride along.
         sock = conn._sock
         read = replies.read
-        dispatch = self._dispatch
-        while not (self._stop_now or self._draining):
-            if self._waiting and self._waiting[0][0] <= monotonic():
-                self._run_due()
-                continue
-            acks = self._ack_commands()
-            if len(self._waiting) >= MAX_WAITING:
-                if acks:  # too much to retry already: take nothing new
-                    sock.sendall(b"".join(acks))
-                    read(len(acks))
-                time.sleep(0.1)
-                continue
-            acks.append(self._read_now if self._due_soon() else self._read)
-            sock.sendall(b"".join(acks))
-            got = read(len(acks))
-            batch = got[-1]
+        sent = self._request(sock)
+        while True:
+            batch = read(sent)[-1]
             if isinstance(batch, redis.ResponseError):
                 raise batch
+            if self._stop_now or self._draining:
+                if batch:  # read after the stop: back to the group, untouched
+                    self._hand_back([(s, e) for s, entries in batch for e, _ in entries])
+                return
+            sent = self._request(sock)
             if batch:
-                dispatch(batch)
+                self._dispatch(batch)
+            if self._waiting and self._waiting[0][0] <= monotonic():
+                self._run_due()
 
-    def _due_soon(self) -> bool:
+    def _request(self, sock: Any) -> int:
+        """Send the acks of what finished and the next read; return how many replies come."""
+        commands = self._ack_commands()
         waiting = self._waiting
-        return bool(waiting) and waiting[0][0] - monotonic() < BLOCK_MS / 1000
+        if len(waiting) >= MAX_WAITING:
+            # Too much waiting for a retry already: take nothing new for now.
+            self._sleep(0.1)
+            commands.append(_NOTHING)
+        elif waiting and waiting[0][0] - monotonic() < BLOCK_MS / 1000:
+            commands.append(self._read_now)
+        else:
+            commands.append(self._read)
+        sock.sendall(b"".join(commands))
+        return len(commands)
 
     def _ack_commands(self) -> list[bytes]:
         """The XACKs (and retry-hash deletions) of what finished."""
         out: list[bytes] = []
         stateful = self._stateful
-        held = self._held
         for stream, pending in self._acks.items():
             if not pending:
                 continue
             ids = [pending.popleft() for _ in range(len(pending))]
             out.append(command("XACK", stream, self._group, *ids))
-            for entry in ids:
-                held.pop((stream, entry), None)
             if stateful:
                 done = [e for e in ids if (stream, e) in stateful]
                 if done:
@@ -372,17 +383,16 @@ class StreamConsumer(Source):
         return out
 
     def _dispatch(self, batch: list[Any]) -> None:
-        held = self._held
+        # The worker's per-message path: one Delivery and one handler call each.
         pooled_done = self._pooled_done
         for stream, entries in batch:
             handler = self._handlers[stream]
             acks = self._acks[stream]
             name = stream.decode()
-            now = monotonic()
-            for entry, _ in entries:
-                held[(stream, entry)] = now
+            self._batch = [stream, entries, monotonic()]
             for i, (entry, fields) in enumerate(entries):
                 if self._draining or self._stop_now:
+                    self._batch = None
                     self._hand_back([(stream, e) for e, _ in entries[i:]])
                     return
                 if len(fields) != 2:
@@ -391,12 +401,21 @@ class StreamConsumer(Source):
                 delivery = Delivery(name, entry.decode(), fields[1])
                 outcome = handler(delivery, pooled_done)
                 if outcome is None:
-                    with self._lock:
-                        self._in_pool += 1
+                    self._pooled_out(stream, entry)
                 elif outcome is Outcome.FAILED:
                     self._failed(stream, entry, delivery)
                 else:
                     acks.append(entry)
+        self._batch = None
+
+    def _pooled_out(self, stream: bytes, entry: bytes) -> None:
+        # A message handed to a pool: held until _pooled_done (which may come first).
+        key = (stream, entry)
+        with self._lock:
+            if key in self._pooled_early:
+                self._pooled_early.discard(key)
+            else:
+                self._pooled[key] = monotonic()
 
     def _pooled_done(self, delivery: Delivery, outcome: Outcome) -> None:
         # A message handed to a pool finished, in the pool's thread.
@@ -408,7 +427,20 @@ class StreamConsumer(Source):
                 self._acks[stream].append(entry)
         finally:
             with self._lock:
-                self._in_pool -= 1
+                if self._pooled.pop((stream, entry), None) is None:
+                    self._pooled_early.add((stream, entry))
+
+    def _holding(self) -> dict[tuple[bytes, bytes], float]:
+        """What this worker holds (read and not finished) and since when."""
+        held: dict[tuple[bytes, bytes], float] = {}
+        batch = self._batch
+        if batch is not None:
+            stream, entries, since = batch
+            held.update(((stream, e), since) for e, _ in entries)
+        with self._lock:
+            held.update(self._pooled)
+            held.update(((w[2], w[3]), 0.0) for w in self._waiting)
+        return held
 
     def _unusual(self, stream: bytes, entry: bytes, fields: list[bytes] | None) -> None:
         """An entry that is not a plain message: a replayed dead letter, or deleted."""
@@ -435,11 +467,9 @@ class StreamConsumer(Source):
         only: str | None,
     ) -> None:
         delivery = Delivery(stream.decode(), entry.decode(), data, deliveries, skip, only)
-        self._held[(stream, entry)] = monotonic()
         outcome = self._handlers[stream](delivery, self._pooled_done)
         if outcome is None:
-            with self._lock:
-                self._in_pool += 1
+            self._pooled_out(stream, entry)
         elif outcome is Outcome.FAILED:
             self._failed(stream, entry, delivery)
         else:
@@ -556,7 +586,6 @@ class StreamConsumer(Source):
             # Still pending on this worker: the next claim or restart tries again.
             logger.error("Could not dead-letter %s %s: %s", name, entry.decode(), exc)
             return
-        self._held.pop((stream, entry), None)
         self._stateful.discard((stream, entry))
         self._stats.add(dead_lettered=len(failures))
         self._throttle.warning(
@@ -579,8 +608,6 @@ class StreamConsumer(Source):
             )
         except BrokerUnavailable as exc:
             logger.debug("Could not acknowledge lost entries: %s", exc)
-        for entry in entries:
-            self._held.pop((stream, entry), None)
         self._stats.add(lost=len(entries))
         self._throttle.warning(
             f"lost:{name}", f"{len(entries)} entries of {name} were {why}: counted as lost"
@@ -600,11 +627,9 @@ class StreamConsumer(Source):
         for stream, entry in entries:
             field = retry_field(stream.decode(), entry.decode())
             marks.append((field, json.dumps({"n": 0, "returned": 1})))
-            self._held.pop((stream, entry), None)
         for _, _, s, entry, _, deliveries, skip, _ in waiting:
             state = {"n": deliveries - 1, "done": sorted(skip), "returned": 1}
             marks.append((retry_field(s.decode(), entry.decode()), json.dumps(state)))
-            self._held.pop((s, entry), None)
         if marks:
             try:
                 self._link.run(command("HSET", self._retry, *itertools.chain(*marks)))
@@ -615,7 +640,7 @@ class StreamConsumer(Source):
         """A warm stop: wait for the pool's messages, acknowledge what finished, hand back."""
         while not self._stop_now:
             with self._lock:
-                if not self._in_pool:
+                if not self._pooled:
                     break
             time.sleep(0.01)
         self._hand_back([])
@@ -655,7 +680,7 @@ class StreamConsumer(Source):
     def _refresh(self) -> None:
         now = monotonic()
         old: dict[bytes, list[bytes]] = {}
-        for (stream, entry), since in list(self._held.items()):
+        for (stream, entry), since in self._holding().items():
             if now - since > REFRESH_AFTER_S:
                 old.setdefault(stream, []).append(entry)
         for stream, entries in old.items():
@@ -664,9 +689,12 @@ class StreamConsumer(Source):
                 self._link.run(
                     command("XCLAIM", stream, self._group, self._consumer, 0, *chunk, "JUSTID")
                 )
-            for entry in entries:
-                if (stream, entry) in self._held:
-                    self._held[(stream, entry)] = now
+        batch = self._batch
+        if batch is not None and batch[0] in old:
+            batch[2] = now  # in place: the reader may have moved to the next batch
+        with self._lock:
+            for key in self._pooled.keys() & {(s, e) for s, es in old.items() for e in es}:
+                self._pooled[key] = now
 
     def _recover(self, stream: bytes) -> None:
         (consumers,) = self._link.run(command("XINFO", "CONSUMERS", stream, self._group))
@@ -682,7 +710,9 @@ class StreamConsumer(Source):
                 if up or info["idle"] < DEAD_IDLE_MS:
                     continue
                 if info["pending"]:
-                    self._claim_from(stream, info["name"])
+                    for _ in range(CLAIM_ROUNDS):  # a pulse takes up to this many batches
+                        if self._claim_from(stream, info["name"]) < CLAIM_COUNT:
+                            break
                 else:
                     self._link.run(
                         command("XGROUP", "DELCONSUMER", stream, self._group, info["name"])
@@ -713,13 +743,14 @@ class StreamConsumer(Source):
         if claimed:
             self._take_over(stream, claimed, dead_holder=True)
 
-    def _claim_from(self, stream: bytes, consumer: bytes) -> None:
+    def _claim_from(self, stream: bytes, consumer: bytes) -> int:
+        """Claim a batch of a dead consumer's pending messages; return how many were pending."""
         (pending,) = self._link.run(
             command("XPENDING", stream, self._group, "-", "+", CLAIM_COUNT, consumer)
         )
         ids = [p[0] for p in pending]
         if not ids:
-            return
+            return 0
         (claimed,) = self._link.run(
             command("XCLAIM", stream, self._group, self._consumer, DEAD_IDLE_MS, *ids)
         )
@@ -743,6 +774,7 @@ class StreamConsumer(Source):
                 consumer.decode(),
             )
             self._take_over(stream, got, dead_holder=True)
+        return len(ids)
 
     def _take_over(
         self, stream: bytes, entries: list[tuple[bytes, list[bytes]]], *, dead_holder: bool
@@ -771,7 +803,6 @@ class StreamConsumer(Source):
                 continue
             writes += [field, json.dumps({"n": attempts, "done": done})]
             self._stateful.add((stream, entry))
-            self._held[(stream, entry)] = now
             only = record.get(b"r")
             self._wait(
                 now,

@@ -1,0 +1,336 @@
+"""Durable signals in one process: the signal, the client's destinations, the dispatcher.
+
+The cross-process behaviour (groups, retries, claims, dead letters, kills)
+is in ``test_durable.py``; here are the parts that need no worker process:
+what a send appends and returns on a real Redis, and how the dispatcher runs
+a durable delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+import sigbroker
+from sigbroker import Client, Signal, Worker, current_message
+from sigbroker._aio import EventLoopThread
+from sigbroker.codec import Codec
+from sigbroker.devserver import DevServer
+from sigbroker.dispatch import Dispatcher, receiver_names
+from sigbroker.durable import DEFAULT_MAXLEN, ConsumerOptions, stream_key
+from sigbroker.errors import ConfigurationError
+from sigbroker.message import Message
+from sigbroker.stats import Stats
+from sigbroker.testing import in_memory
+from sigbroker.transport.base import Delivery, Outcome, Stream
+
+
+def test_a_durable_signal_keeps_a_bounded_stream() -> None:
+    sig = Signal(name="t.durable", durable=True)
+    assert sig.durable and sig.maxlen == DEFAULT_MAXLEN
+    assert Signal(name="t.small", durable=True, maxlen=10).maxlen == 10
+    assert not Signal(name="t.plain").durable
+
+
+@pytest.mark.parametrize("maxlen", [0, -1, 1.5, "10"])
+def test_bad_input_maxlen_is_refused(maxlen: Any) -> None:
+    with pytest.raises(ConfigurationError, match="maxlen"):
+        Signal(name="t.bad", durable=True, maxlen=maxlen)
+
+
+def test_bad_input_maxlen_without_durable_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="durable=True"):
+        Signal(name="t.bad", maxlen=10)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"group": ""}, "group name"),
+        ({"group": "a b"}, "group name"),
+        ({"group": "g", "max_deliveries": 0}, "max_deliveries"),
+        ({"group": "g", "claim_idle_s": 1}, "claim_idle_s"),
+    ],
+)
+def test_bad_input_consumer_options_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ConsumerOptions(**options)
+
+
+def test_the_client_sends_a_durable_signal_to_its_stream() -> None:
+    client = Client("redis://127.0.0.1:1/0", namespace="ns")
+    sig = Signal(name="shop.paid", durable=True, maxlen=500)
+    assert client.destination(sig) == Stream("ns:stream:shop.paid", 500)
+    assert client.channel(sig) == stream_key("ns", "shop.paid")
+    assert client.destination(Signal(name="shop.seen")) == "ns:shop.seen"
+    client.close()
+
+
+def test_a_durable_signal_without_a_group_is_a_startup_error() -> None:
+    sig = Signal(name="t.needs_group", durable=True)
+    sig.connect(_noop, weak=False)
+    with in_memory() as broker, pytest.raises(ConfigurationError, match="--group NAME"):
+        Worker(broker, signals=[sig]).run()
+
+
+def _noop(**kwargs: Any) -> None:
+    pass
+
+
+# -- on a real Redis: what a send appends and returns ------------------------
+
+
+@pytest.fixture
+def client(real_redis: DevServer, namespace: str) -> Iterator[Client]:
+    with Client(real_redis.url, namespace=namespace) as c:
+        yield c
+
+
+def test_send_appends_the_envelope_and_returns_the_number_of_groups(
+    client: Client, real_redis: DevServer
+) -> None:
+    sig = Signal(providing_args=["n"], name="t.counted", durable=True)
+    key = client.channel(sig)
+    r = redis.Redis.from_url(real_redis.url)
+    assert sig.name and client.send(sig, sender="web", n=1) == 0  # nobody consumes it yet
+    r.xgroup_create(key, "billing", "$")
+    assert client.send(sig, sender="web", n=2) == 1
+    r.xgroup_create(key, "mail", "$")
+    assert client.send(sig, sender="web", n=3) == 2
+    entries = r.xrange(key)
+    assert len(entries) == 3  # the first is kept although no group existed
+    decoded = [client.codec.decode(fields[b"d"]) for _, fields in entries]
+    assert [e.kwargs["n"] for e in decoded] == [1, 2, 3]
+    assert {e.signal for e in decoded} == {"t.counted"}
+
+
+def test_the_stream_keeps_about_maxlen_entries(client: Client, real_redis: DevServer) -> None:
+    sig = Signal(name="t.trimmed", durable=True, maxlen=100)
+    with client.batch() as batch:
+        for n in range(2000):
+            batch.send(sig, n=n)
+    length = redis.Redis.from_url(real_redis.url).xlen(client.channel(sig))
+    assert 100 <= length < 400  # approximate trimming: whole nodes of the radix tree
+
+
+def test_a_batch_mixes_durable_and_pubsub_signals(client: Client, real_redis: DevServer) -> None:
+    durable = Signal(name="t.mixed_durable", durable=True)
+    plain = Signal(name="t.mixed_plain")
+    r = redis.Redis.from_url(real_redis.url)
+    r.xgroup_create(client.channel(durable), "svc", "$", mkstream=True)
+    pubsub = r.pubsub()
+    pubsub.subscribe(client.channel(plain))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    with client.batch() as batch:
+        batch.send(durable, n=1)
+        batch.send(plain, n=2)
+        batch.send(durable, n=3)
+    assert batch.results == [1, 1, 1]
+    assert [client.codec.decode(f[b"d"]).kwargs for _, f in r.xrange(client.channel(durable))] == [
+        {"n": 1},
+        {"n": 3},
+    ]
+    message = pubsub.get_message(timeout=5)
+    assert message is not None and client.codec.decode(message["data"]).kwargs == {"n": 2}
+    pubsub.close()
+
+
+def test_asend_and_send_robust_append_too(client: Client, real_redis: DevServer) -> None:
+    sig = Signal(name="t.async_durable", durable=True)
+    sigbroker.configure(url=real_redis.url, namespace=client.namespace)
+    redis.Redis.from_url(real_redis.url).xgroup_create(client.channel(sig), "g", "$", mkstream=True)
+
+    async def main() -> int:
+        count = await sig.asend(sender=None, n=1)
+        await sigbroker.config.default_client(Client).aclose()
+        return int(count)
+
+    assert asyncio.run(main()) == 1
+    assert sig.send_robust(sender=None, n=2) == 1
+    assert redis.Redis.from_url(real_redis.url).xlen(client.channel(sig)) == 2
+
+
+def test_a_stream_key_of_another_type_is_refused_not_lost(
+    client: Client, real_redis: DevServer
+) -> None:
+    sig = Signal(name="t.wrongtype", durable=True)
+    redis.Redis.from_url(real_redis.url).set(client.channel(sig), "not a stream")
+    with pytest.raises(sigbroker.errors.BrokerUnavailable, match="refused the message"):
+        client.send(sig, n=1)
+
+
+# -- the dispatcher's durable path --------------------------------------------
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Message | None]] = []
+        self.fail: set[str] = set()
+
+    def first(self, **kwargs: Any) -> None:
+        self.record("first")
+
+    def second(self, **kwargs: Any) -> None:
+        self.record("second")
+
+    async def third(self, **kwargs: Any) -> None:
+        self.record("third")
+
+    def record(self, name: str) -> None:
+        self.calls.append((name, current_message()))
+        if name in self.fail:
+            raise ValueError(f"{name} fails")
+
+
+@pytest.fixture
+def loop() -> Iterator[EventLoopThread]:
+    thread = EventLoopThread()
+    yield thread
+    thread.close()
+
+
+def _setup(loop: EventLoopThread) -> tuple[Signal, Calls, Codec, Any, Stats]:
+    sig = Signal(name="t.dispatch_durable", durable=True)
+    calls = Calls()
+    for receiver in (calls.first, calls.second, calls.third):
+        sig.connect(receiver, weak=False)
+    codec = Codec()
+    stats = Stats()
+    handle = Dispatcher(codec, stats, loop).durable_handler(sig, "billing")
+    return sig, calls, codec, handle, stats
+
+
+def _names(calls: Calls) -> list[str]:
+    return receiver_names([calls.first, calls.second, calls.third])
+
+
+def _ignore(delivery: Delivery, outcome: Outcome) -> None:
+    raise AssertionError("a handler without a pool finishes in the calling thread")
+
+
+def test_a_durable_delivery_runs_every_receiver_with_its_message(loop: EventLoopThread) -> None:
+    sig, calls, codec, handle, stats = _setup(loop)
+    data = codec.pack(sig.name, "web", {"n": 1}, "key")
+    delivery = Delivery("ns:stream:t.dispatch_durable", "5-0", data, deliveries=2)
+    assert handle(delivery, _ignore) is Outcome.PROCESSED
+    assert [name for name, _ in calls.calls] == ["first", "second", "third"]
+    message = calls.calls[0][1]
+    assert message is not None and calls.calls[2][1] == message  # the async one's too
+    assert (message.signal, message.deliveries, message.entry, message.group) == (
+        sig.name,
+        2,
+        "5-0",
+        "billing",
+    )
+    assert message.id == codec.decode(data).id and message.origin == codec.decode(data).origin
+    assert current_message() is None  # set only while receivers run
+    assert not delivery.failures and stats.processed == 1
+
+
+def test_a_receiver_that_raises_is_noted_by_name_and_the_others_run(
+    loop: EventLoopThread,
+) -> None:
+    sig, calls, codec, handle, stats = _setup(loop)
+    calls.fail = {"second", "third"}
+    delivery = Delivery("s", "1-0", codec.pack(sig.name, None, {}, "key"))
+    assert handle(delivery, _ignore) is Outcome.FAILED
+    first, second, third = _names(calls)
+    assert set(delivery.failures) == {second, third}
+    assert delivery.failures[second][0] == "ValueError: second fails"
+    assert (
+        "Traceback" in delivery.failures[second][1]
+        and "second fails" in delivery.failures[second][1]
+    )
+    assert delivery.succeeded == [first]
+    assert stats.failed == 2 and stats.processed == 1
+
+
+def test_a_retry_skips_the_receivers_that_succeeded(loop: EventLoopThread) -> None:
+    sig, calls, codec, handle, _ = _setup(loop)
+    first, second, third = _names(calls)
+    delivery = Delivery("s", "1-0", codec.pack(sig.name, None, {}, "key"), 3, frozenset({first}))
+    calls.fail = {"second"}
+    assert handle(delivery, _ignore) is Outcome.FAILED
+    assert [name for name, _ in calls.calls] == ["second", "third"]
+    assert list(delivery.failures) == [second] and delivery.succeeded == [third]
+
+
+def test_a_replay_runs_only_its_receiver(loop: EventLoopThread) -> None:
+    sig, calls, codec, handle, _ = _setup(loop)
+    _, _, third = _names(calls)
+    delivery = Delivery("s", "1-0", codec.pack(sig.name, None, {}, "key"), only=third)
+    assert handle(delivery, _ignore) is Outcome.PROCESSED
+    assert [name for name, _ in calls.calls] == ["third"]
+
+
+def test_receiver_names_are_qualified_and_repeats_numbered() -> None:
+    calls = Calls()
+    names = receiver_names([calls.first, calls.first, _noop])
+    assert names == [
+        "tests.test_durable_units.Calls.first",
+        "tests.test_durable_units.Calls.first#2",
+        "tests.test_durable_units._noop",
+    ]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x00garbage", b"\x81\xa1v\x02"],
+)
+def test_bad_input_a_hostile_durable_message_is_rejected_and_counted(
+    loop: EventLoopThread, data: bytes
+) -> None:
+    _, calls, _, handle, stats = _setup(loop)
+    assert handle(Delivery("s", "1-0", data), _ignore) is Outcome.REJECTED
+    assert not calls.calls and stats.rejected == 1
+
+
+def test_a_message_of_another_signal_on_the_stream_is_rejected(loop: EventLoopThread) -> None:
+    _, calls, codec, handle, stats = _setup(loop)
+    data = codec.pack("t.other", None, {}, "key")
+    assert handle(Delivery("s", "1-0", data), _ignore) is Outcome.REJECTED
+    assert not calls.calls and stats.rejected_by == {"invalid": 1}
+
+
+def test_a_durable_delivery_handed_to_a_pool_reports_through_done(loop: EventLoopThread) -> None:
+    sig, calls, codec, _, _ = _setup(loop)
+    jobs: list[Any] = []
+    handle = Dispatcher(codec, Stats(), loop, threads=2).durable_handler(sig, "g", jobs.append)
+    finished: list[tuple[Delivery, Outcome]] = []
+    delivery = Delivery("s", "1-0", codec.pack(sig.name, None, {}, "key"))
+    assert handle(delivery, lambda d, o: finished.append((d, o))) is None
+    assert not calls.calls
+    thread = threading.Thread(target=jobs[0])
+    thread.start()
+    thread.join()
+    assert finished == [(delivery, Outcome.PROCESSED)] and len(calls.calls) == 3
+
+
+def test_current_message_in_a_pubsub_worker(loop: EventLoopThread) -> None:
+    sig = Signal(name="t.plain_message")
+    seen: list[Message | None] = []
+    sig.connect(lambda **kwargs: seen.append(current_message()), weak=False)
+    with in_memory() as broker:
+        sig.send(sender=None, n=1)
+        (envelope,) = broker.sent
+    (message,) = seen
+    assert message is not None
+    assert (message.id, message.signal, message.origin) == (envelope.id, sig.name, envelope.origin)
+    assert (message.deliveries, message.entry, message.group) == (1, None, None)
+
+
+def test_in_memory_runs_durable_receivers_once() -> None:
+    sig = Signal(providing_args=["n"], name="t.memory_durable", durable=True)
+    seen: list[tuple[int, Message | None]] = []
+    sig.connect(lambda n, **kwargs: seen.append((n, current_message())), weak=False)
+    with in_memory():
+        assert sig.send(sender=None, n=1) == 1
+        assert sig.send(sender=None, n=2) == 1
+    assert [n for n, _ in seen] == [1, 2]
+    message = seen[0][1]
+    assert message is not None and message.deliveries == 1 and message.group == "in-memory"
