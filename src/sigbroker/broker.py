@@ -283,7 +283,7 @@ class Worker:
             pool = Pool(self.concurrency) if self.concurrency > 1 else None
             submit = pool.submit if pool is not None else None
             streams = {
-                client.channel(s): dispatcher.durable_handler(s, group, submit) for s in durable
+                client.channel(s): dispatcher.durable_route(s, group, submit) for s in durable
             }
             namespace = client.namespace
             sources.append(

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 from ._aio import EventLoopThread
 from .codec import Codec
-from .durable_calls import durable_caller
+from .durable_calls import durable_batch, durable_caller
 from .errors import ConfigurationError, InvalidMessage
 from .message import Message, MessageFields, current_async, running
 from .naming import callable_name
@@ -29,7 +29,15 @@ from .sequences import Sequences
 from .signal import Signal
 from .stats import Stats
 from .throttle import Throttle
-from .transport.base import Delivery, Done, DurableDone, DurableHandler, Handler, Outcome
+from .transport.base import (
+    Delivery,
+    Done,
+    DurableDone,
+    DurableHandler,
+    DurableRoute,
+    Handler,
+    Outcome,
+)
 
 __all__ = ["REPLAY_WINDOW_S", "Dispatcher", "Hook", "Submit"]
 
@@ -197,6 +205,23 @@ class Dispatcher:
             return None
 
         return handle
+
+    def durable_route(
+        self, signal: Signal, group: str, submit: Submit | None = None
+    ) -> DurableRoute:
+        """How a durable source hands over ``signal``'s messages (see :meth:`durable_handler`).
+
+        Without a pool and without message hooks, a batch of first deliveries
+        takes the lean path as well (:func:`~sigbroker.durable_calls.durable_batch`).
+        """
+        handle = self.durable_handler(signal, group, submit)
+        if submit is not None or self.before_message or self.after_message:
+            return DurableRoute(handle)
+        call = durable_caller(signal, self.stats, threads=self.threads, run_async=self._run_async)
+        batch = durable_batch(
+            signal, group, self.codec.read, self._reject, call, self._cell(signal.name), self.stats
+        )
+        return DurableRoute(handle, batch)
 
     def durable_handler(
         self, signal: Signal, group: str, submit: Submit | None = None

@@ -38,7 +38,7 @@ from ..durable import ConsumerOptions
 from ..errors import BrokerUnavailable
 from ..stats import Stats
 from ..throttle import Throttle
-from .base import Delivery, DurableHandler, Outcome, Source, Stream
+from .base import Delivery, DurableRoute, Outcome, Source, Stream
 from .redis_claims import Claims
 from .redis_endpoint import CONNECTION_ERRORS, Endpoint, Replies
 from .redis_link import Link, command
@@ -95,7 +95,7 @@ class StreamConsumer(Source):
     def __init__(
         self,
         endpoint: Endpoint,
-        routes: Mapping[str, DurableHandler],
+        routes: Mapping[str, DurableRoute],
         *,
         options: ConsumerOptions,
         consumer: str,
@@ -111,7 +111,8 @@ class StreamConsumer(Source):
         self._consumer = consumer
         self._stats = stats
         self._use_hiredis = use_hiredis
-        self._handlers = {key.encode(): handler for key, handler in routes.items()}
+        self._handlers = {key.encode(): route.handle for key, route in routes.items()}
+        self._batches = {key.encode(): route.batch for key, route in routes.items()}
         self._streams = sorted(self._handlers)
         self._throttle = Throttle(logger)
         link = self._link = Link(endpoint, use_hiredis)
@@ -149,6 +150,8 @@ class StreamConsumer(Source):
         self._lock = threading.Lock()
         self._stop_now = False
         self._draining = False
+        #: Either of the above: a batch on the lean path checks it before each message.
+        self.stopping = False
         self._created: set[bytes] = set()
 
     def _read_command(self, block_ms: int | None, start: str) -> bytes:
@@ -300,14 +303,23 @@ class StreamConsumer(Source):
         self._acking = []
 
     def _dispatch(self, batch: list[Any]) -> None:
-        # The worker's per-message path: one Delivery and one handler call each.
+        # The worker's per-message path: the lean one (a batch at a time), or
+        # one Delivery and one handler call each.
         pooled_done = self._pooled_done
         failed = self._retries.failed
         for stream, entries in batch:
-            handler = self._handlers[stream]
             acks = self._acks[stream]
-            name = stream.decode()
             self._batch = [stream, entries, monotonic()]
+            lean = self._batches[stream]
+            if lean is not None:
+                done = lean(stream, entries, acks, self)
+                if done < len(entries):
+                    self._batch = None
+                    self._hand_back([(stream, e) for e, _ in entries[done:]])
+                    return
+                continue
+            handler = self._handlers[stream]
+            name = stream.decode()
             for i, (entry, fields) in enumerate(entries):
                 if self._draining or self._stop_now:
                     self._batch = None
@@ -358,6 +370,14 @@ class StreamConsumer(Source):
         with self._lock:
             held.update(self._pooled)
         return held
+
+    def failed(self, stream: bytes, entry: bytes, delivery: Delivery) -> None:
+        """Some receivers of a message raised: retried, or dead-lettered (a BatchSink's part)."""
+        self._retries.failed(stream, entry, delivery)
+
+    def unusual(self, stream: bytes, entry: bytes, fields: list[bytes]) -> None:
+        """An entry that is not one plain message (a BatchSink's part)."""
+        self._unusual(stream, entry, fields)
 
     def _unusual(self, stream: bytes, entry: bytes, fields: list[bytes] | None) -> None:
         """An entry that is not a plain message: a replayed dead letter, or deleted."""
@@ -424,15 +444,15 @@ class StreamConsumer(Source):
 
     def stop(self) -> None:
         """Stop at once; what was read and not finished stays pending for the group."""
-        self._stop_now = True
+        self._stop_now = self.stopping = True
 
     def drain(self) -> None:
         """Stop warmly: finish the message running, acknowledge, hand the rest back."""
-        self._draining = True
+        self._draining = self.stopping = True
 
     def abandon(self) -> int:
         """Stop at once; nothing is lost (it stays pending for the group): returns 0."""
-        self._stop_now = True
+        self._stop_now = self.stopping = True
         return 0
 
     # -- the pulse ------------------------------------------------------------
