@@ -60,6 +60,8 @@ TEST_FILES = (
     "tests/test_mask.py",
     "tests/test_testing.py",
     "tests/test_group_commit.py",
+    "tests/test_durable_units.py",
+    "tests/test_cli_streams.py",
     "tests/test_durable.py",
 )
 #: The Django app's tests: payloads in-process, ``manage.py sigbroker worker`` and

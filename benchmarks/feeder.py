@@ -2,9 +2,9 @@
 
 The worker figures must queue messages faster than any subscriber drains
 them, and the publisher must cost the same for every side. The feeder writes
-pipelined ``PUBLISH`` commands in RESP on a plain socket and checks every
-reply, about ten times faster than redis-py's pipeline. It is test equipment,
-not a side of any comparison.
+pipelined ``PUBLISH`` commands (or ``XADD`` to a stream, for figure 10) in
+RESP on a plain socket and checks every reply, about ten times faster than
+redis-py's pipeline. It is test equipment, not a side of any comparison.
 
 A worker rejects a sigbroker message that it has seen before (its origin's
 sequence number did not move on), so replayed captures are renumbered:
@@ -33,6 +33,14 @@ def _command(channel: bytes, data: bytes) -> bytes:
         len(data),
         data,
     )
+
+
+def _resp(*parts: bytes) -> bytes:
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def _xadd(stream: bytes, field: bytes, data: bytes, maxlen: int) -> bytes:
+    return _resp(b"XADD", stream, b"MAXLEN", b"~", b"%d" % maxlen, b"*", field, data)
 
 
 class Feeder:
@@ -77,6 +85,49 @@ class Feeder:
                 bad = next(r for r in replies.split(b"\r\n") if r + b"\r\n" != expected)
                 raise RuntimeError(f"PUBLISH on {channel} answered {bad!r}, expected {expected!r}")
             sent += n
+
+    def append(
+        self,
+        stream: str,
+        messages: Sequence[bytes],
+        total: int,
+        *,
+        field: str = "d",
+        maxlen: int = 100_000,
+        first_seq: int | None = None,
+    ) -> None:
+        """Append ``total`` entries ``{field: message}`` to ``stream``, cycling ``messages``.
+
+        ``XADD stream MAXLEN ~ maxlen * field message``, as a durable send does.
+        ``first_seq`` renumbers sigbroker messages as :meth:`publish` does. Every
+        reply must be an entry id; an error raises RuntimeError.
+        """
+        commands = [_xadd(stream.encode(), field.encode(), m, maxlen) for m in messages]
+        halves = [_split_at_sequence(c) for c in commands] if first_seq is not None else []
+        sent = 0
+        while sent < total:
+            n = min(CHUNK_COMMANDS, total - sent)
+            if first_seq is None:
+                chunk = b"".join(commands[(sent + i) % len(commands)] for i in range(n))
+            else:
+                chunk = _numbered(halves, sent, n, first_seq + sent)
+            self._sock.sendall(chunk)
+            # An entry id reply is "$<len>\r\n<id>\r\n": two line ends each.
+            replies = self._read_lines(2 * n)
+            if replies.count(b"\r\n$") != n - 1 or not replies.startswith(b"$"):
+                raise RuntimeError(f"XADD to {stream} failed: {replies[:200]!r}")
+            sent += n
+
+    def _read_lines(self, lines: int) -> bytes:
+        buf = bytearray()
+        while buf.count(b"\r\n") < lines:
+            data = self._sock.recv(1 << 20)
+            if not data:
+                raise RuntimeError("Redis closed the feeder's connection")
+            buf += data
+            if buf[:1] == b"-":
+                raise RuntimeError(f"Redis refused a command: {bytes(buf[:200])!r}")
+        return bytes(buf)
 
     def _read_replies(self, n: int, size: int) -> bytes:
         buf = bytearray()

@@ -123,6 +123,16 @@ class Subscriber:
         """Let a frozen process run again (SIGCONT)."""
         os.kill(self.pid, signal.SIGCONT)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, all its threads, user + system (seconds).
+
+        Read through the process's CPU-time clock (``clock_getcpuclockid``'s id,
+        ``(~pid << 3) | 2`` on Linux): nanosecond resolution, where ``/proc``'s
+        ticks have 10 ms.
+        """
+        self.check_alive()
+        return time.clock_gettime(((~self.pid) << 3) | 2)
+
     def rss_bytes(self) -> int:
         """Resident memory of the process now, from ``/proc/<pid>/status`` (VmRSS)."""
         self.check_alive()
@@ -158,9 +168,20 @@ class Subscriber:
 
 
 def sigbroker_worker(
-    url: str, name: str, *, namespace: str, concurrency: int, every: int, report_url: str
+    url: str,
+    name: str,
+    *,
+    namespace: str,
+    concurrency: int,
+    every: int,
+    report_url: str,
+    app: str = "benchmarks.receivers",
+    options: Sequence[str] = (),
 ) -> Subscriber:
-    """``python -m sigbroker worker -A benchmarks.receivers`` in a subprocess."""
+    """``python -m sigbroker worker -A benchmarks.receivers`` (or ``app``) in a subprocess.
+
+    ``options`` go after the worker's own (``--group NAME`` for figure 10).
+    """
     args = [
         sys.executable,
         "-m",
@@ -171,11 +192,12 @@ def sigbroker_worker(
         namespace,
         "worker",
         "-A",
-        "benchmarks.receivers",
+        app,
         "--concurrency",
         str(concurrency),
         "--loglevel",
         "WARNING",
+        *options,
     ]
     return Subscriber(name, args, report_url=report_url, every=every)
 

@@ -6,7 +6,9 @@
 in the sampling window, then samples it with py-spy from the moment it
 resumes. It prints the lines that take the most samples themselves and the
 functions that take the most in all, and keeps the raw stacks (collapsed
-format, for flamegraph tools) in ``benchmarks/profile.txt``.
+format, for flamegraph tools) in ``benchmarks/profile.txt``. With
+``--durable`` it profiles figure 10's worker instead (``--group bench``, durable
+signals), frozen while the backlog is appended to its stream.
 
 py-spy comes with the ``bench`` extra. It reads the worker's memory with
 ptrace: as root, or where ``kernel.yama.ptrace_scope`` is 0.
@@ -33,6 +35,8 @@ from sigbroker.devserver import DevServer
 
 #: Messages queued before sampling: more than the worker drains in the window.
 BACKLOG_PER_SECOND = 250_000
+#: The same for the durable worker (a stream keeps every entry: Redis memory grows).
+DURABLE_BACKLOG_PER_SECOND = 100_000
 #: Sampling rate (samples per second).
 RATE = 500
 #: Rows printed per table.
@@ -54,6 +58,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         type=Path,
         default=ROOT / "benchmarks" / "profile.txt",
         help="where the raw stacks go (default: benchmarks/profile.txt)",
+    )
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="profile the durable worker of figure 10 (--group) draining a stream",
     )
     return parser.parse_args(argv)
 
@@ -117,34 +126,78 @@ def summarize(lines: Iterable[str]) -> tuple[int, list[tuple[str, int]], list[tu
     return total, own.most_common(TOP), callers.most_common(TOP)
 
 
+def _profile_pubsub(url: str, args: argparse.Namespace) -> None:
+    feeder = Feeder(url)
+    worker = sigbroker_worker(
+        url, "sigbroker", namespace=NAMESPACE, concurrency=1, every=10_000, report_url=url
+    )
+    try:
+        worker.wait_subscribed(
+            url, [channel(payload_signal, NAMESPACE), channel(latency_signal, NAMESPACE)]
+        )
+        messages = capture_sigbroker_messages(url)
+        worker.pause()
+        feeder.publish(
+            channel(payload_signal, NAMESPACE),
+            messages,
+            BACKLOG_PER_SECOND * args.seconds,
+            first_seq=1,
+        )
+        sample(worker.pid, args.seconds, args.output, worker.resume)
+    finally:
+        worker.stop()
+        feeder.close()
+
+
+def _profile_durable(url: str, args: argparse.Namespace) -> None:
+    # Imported here: figure 10's module needs the durable signals of sigbroker's core.
+    from benchmarks import durable
+    from benchmarks.durable_workload import (
+        DURABLE_NAMESPACE,
+        GROUP,
+        durable_latency_signal,
+        durable_payload_signal,
+        stream,
+    )
+
+    feeder = Feeder(url)
+    worker = sigbroker_worker(
+        url,
+        durable.SIGBROKER,
+        namespace=DURABLE_NAMESPACE,
+        concurrency=1,
+        every=10_000,
+        report_url=url,
+        app="benchmarks.durable_receivers",
+        options=["--group", GROUP],
+    )
+    try:
+        streams = [
+            stream(s, DURABLE_NAMESPACE) for s in (durable_payload_signal, durable_latency_signal)
+        ]
+        durable.wait_groups(url, worker, streams)
+        messages = durable.capture_durable_messages(url)
+        worker.pause()
+        backlog = DURABLE_BACKLOG_PER_SECOND * args.seconds
+        # MAXLEN above the backlog: nothing unread may be trimmed (it would count as lost).
+        feeder.append(streams[0], messages, backlog, maxlen=backlog + 1000, first_seq=1)
+        sample(worker.pid, args.seconds, args.output, worker.resume)
+    finally:
+        worker.stop()
+        feeder.close()
+
+
 def main(argv: list[str]) -> int:
     """Profile the worker; print the tables."""
     args = parse(argv)
     with DevServer(backend="redis-server") as server, redis.Redis.from_url(server.url) as admin:
-        url = server.url
         admin.config_set("client-output-buffer-limit", "pubsub 0 0 0")
-        feeder = Feeder(url)
-        worker = sigbroker_worker(
-            url, "sigbroker", namespace=NAMESPACE, concurrency=1, every=10_000, report_url=url
-        )
-        try:
-            worker.wait_subscribed(
-                url, [channel(payload_signal, NAMESPACE), channel(latency_signal, NAMESPACE)]
-            )
-            messages = capture_sigbroker_messages(url)
-            worker.pause()
-            feeder.publish(
-                channel(payload_signal, NAMESPACE),
-                messages,
-                BACKLOG_PER_SECOND * args.seconds,
-                first_seq=1,
-            )
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.unlink(missing_ok=True)
-            sample(worker.pid, args.seconds, args.output, worker.resume)
-        finally:
-            worker.stop()
-            feeder.close()
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.unlink(missing_ok=True)
+        if args.durable:
+            _profile_durable(server.url, args)
+        else:
+            _profile_pubsub(server.url, args)
     total, own, inclusive = summarize(args.output.read_text().splitlines())
     if not total:
         raise BenchmarkError(f"py-spy took no samples of the worker ({args.output} is empty)")

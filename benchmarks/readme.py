@@ -9,24 +9,25 @@ INTRO = """\
 # Benchmarks
 
 `make bench` (or `.venv/bin/python benchmarks/run.py`) measures sigbroker side by side
-with raw redis-py on the same Redis in the same run, and Celery for context. It starts
-its own `redis-server` on a free loopback port (never the shared 6379), runs every
-figure in alternating rounds (sigbroker, baseline, sigbroker, baseline, ...; one
+with raw redis-py on the same Redis in the same run, and Celery and FastStream for
+context. It starts its own `redis-server` on a free loopback port (never the shared
+6379), runs every figure in alternating rounds (sigbroker, baseline, sigbroker, baseline, ...; one
 warm-up round of each is thrown away), prints the table below and rewrites this file
 and `benchmarks/results.json` (every round's raw number; not committed). It takes
 under 3 minutes on a 2-core machine; `--quick` checks the harness in under a minute
 with rough numbers, `--no-celery` skips figure 6. `make bench` installs the `bench`
-extra (Celery); without Celery figure 6 says so and the rest runs, as figure 9 does
-without Django. `make profile`
+extra (Celery, FastStream); without Celery figure 6 says so and the rest runs, as
+figure 9 does without Django and figure 10's FastStream rows without FastStream. `make profile`
 samples a worker draining a backlog with py-spy and prints where its time goes
-(`benchmarks/profile.py`).
+(`benchmarks/profile.py`; `python -m benchmarks.profile --durable` does the same for
+the `--group` worker of figure 10).
 
 How to read the table: each cell is the **median (min..max)** over the rounds. The
 ratio is always **sigbroker / baseline**, computed per round (the two sides of a round
 ran back to back) and summarised the same way. For costs (us, MB) lower is better,
 so 0.90x means sigbroker is 10% cheaper; for throughputs (msg/s) higher is better,
 so 1.50x means sigbroker drains 50% more. PASS/MISS compares the median with the
-targets of issue 4.
+targets of issue 4 (figure 10: of issue 11).
 """
 
 METHOD = """\
@@ -113,6 +114,35 @@ what the model payload costs over plain values. `Signal.send` by the model class
 ({send_calls:,} calls per round, {rounds} rounds, on a channel nobody subscribes to),
 `Codec.pack` and `Codec.decode` ({codec_calls:,} calls per round; on arrival the
 instance is built by `Model.from_db`, no query, against a dict decoded).
+
+**10. Durable signals (Redis Streams consumer groups).** The same payload on
+`Signal(..., durable=True)`, whose send appends the envelope to the stream
+`<namespace>:stream:<signal name>` (field `d`, approximate `MAXLEN` 100,000), against
+raw redis-py streams. *Send cost*: `Signal.send` against `Redis.xadd(stream, fields,
+maxlen=100_000, approximate=True)` whose field `d` is `msgpack.packb(...)` of the raw
+dict, on streams no group reads,
+in the sending process of figure 1 ({send_calls:,} calls per round, {rounds} rounds).
+*Drain*: one consumer process whose consumer group `bench` exists (made at the
+stream's end when it started) is frozen with SIGSTOP, a backlog of
+{durable_backlog:,} entries is appended to its stream (pipelined `XADD` on a plain
+socket), and the clock runs from SIGCONT until its receiver reports the
+{durable_backlog:,}th message, as in figure 3; {worker_rounds} rounds per side. sigbroker:
+`python -m sigbroker worker -A benchmarks.durable_receivers --group bench
+--concurrency 1`, whose receiver only counts, fed real durable messages made by
+`Client.batch()` and read back from a stream. Raw: `benchmarks/raw_stream_consumer.py`,
+a redis-py loop of `XREADGROUP GROUP bench ... COUNT 100 BLOCK 1000` that
+`msgpack.unpackb`s each entry, turns the datetime and the Decimal back into `datetime`
+and `Decimal`, calls a function that counts, and sends one `XACK` per batch. The
+*CPU time per message* rows are the consumer process's CPU time over the round (all
+threads, user + system, read from its CPU-time clock) divided by the backlog.
+*Latency*: durable send -> receiver against `XADD` -> the raw loop, measured as in
+figure 4 ({latency_per_round:,} messages per round, {worker_rounds} rounds per side).
+*FastStream*, for context: its Redis Streams subscriber (`StreamSub(stream,
+group="bench", consumer=...)`, its defaults otherwise: one `XACK` per message after
+the handler returned), whose handler does the raw loop's work, on the same drain
+({faststream_rounds} round(s) against the sigbroker worker, no warm-up: it drains a few
+thousand messages a second); FastStream reads an entry's `__data__` field, so its
+entries carry the raw message there.
 """
 
 

@@ -1,6 +1,6 @@
 """The sending figures in a fresh process: ``python -m benchmarks.sender URL [options]``.
 
-Figures 1, 2, 7, 8 and 9 measure code in the process that runs them, so each
+Figures 1, 2, 7, 8, 9 and the send cost of 10 measure code in the process that runs them, so each
 runs in a clean interpreter that has loaded nothing else (the orchestrating
 process holds Celery, subprocess handles and results). The rows go to stdout
 as JSON. The variant without hiredis is this same module started with
@@ -16,6 +16,7 @@ import sys
 
 import redis.utils
 
+from benchmarks import durable
 from benchmarks.codec_bench import codec_rows
 from benchmarks.django_bench import django_rows
 from benchmarks.harness import Row
@@ -59,6 +60,10 @@ def main(argv: list[str]) -> None:
     if "threads" in figures:
         rows += thread_rows(
             args.url, rounds=args.rounds, per_thread=args.per_thread, calls=args.send_calls
+        )
+    if "durable" in figures:
+        rows += durable.send_rows(
+            args.url, rounds=args.rounds, calls=args.send_calls, hiredis=hiredis
         )
     if "django" in figures:  # last: it configures Django in this process
         rows += django_rows(

@@ -1,10 +1,12 @@
 """The whole benchmark: one redis-server, the figures in order, every process stopped.
 
-The sending figures (1, 2, 7, 8, 9) run first, each group in a fresh process,
-while nothing else runs. Then the consumers start (the sigbroker worker, a
-second one with ``--concurrency 4``, the raw redis-py loop, a Celery worker)
-and the figures that need them run: latency (4), Celery (6), throughput (3)
-and memory (5). Whatever fails, every subprocess and the server are stopped.
+The sending figures (1, 2, 7, 8, 9 and 10's send cost) run first, each group in
+a fresh process, while nothing else runs. Then the consumers start (the
+sigbroker worker, a second one with ``--concurrency 4``, the raw redis-py loop,
+a Celery worker) and the figures that need them run: latency (4), Celery (6),
+throughput (3) and memory (5). Those stop, and the durable consumers of figure
+10 start (a ``--group`` worker, the raw XREADGROUP loop, FastStream): durable
+latency and drain. Whatever fails, every subprocess and the server are stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import redis
 
-from benchmarks import celery_bench
+from benchmarks import celery_bench, durable
 from benchmarks.feeder import Feeder
 from benchmarks.harness import Row, misses, summary, table
 from benchmarks.latency import latency_rows
@@ -82,6 +84,8 @@ class Plan:
     celery_per_round: int = 1000  # as latency_per_round: figures 4 and 6 measure alike
     drain_messages: int = 100_000
     memory_total: int = 1_000_000
+    durable_backlog: int = 20_000  # issue 11: a 20,000-message backlog
+    faststream_rounds: int = 3  # FastStream drains ~5k msg/s: 4 s a round
 
 
 #: A short run to check that everything works (about 40 s); its numbers are rough.
@@ -97,6 +101,8 @@ QUICK = replace(
     celery_per_round=50,
     drain_messages=20_000,
     memory_total=200_000,
+    durable_backlog=10_000,
+    faststream_rounds=1,
 )
 
 
@@ -252,17 +258,26 @@ def measure(
         admin.config_set("client-output-buffer-limit", "pubsub 0 0 0")
         header = describe(str(admin.info("server")["redis_version"]))
         progress(f"redis-server {header['Redis server']} on {url}")
-        progress("figures 7, 1, 2, 8: codec, send cost, batch, threads (hiredis)")
-        rows = sender_figures(url, plan, hiredis=True, figures="codec,send,batch,threads")
+        progress("figures 7, 1, 2, 8, 10: codec, send cost, batch, threads, durable send")
+        rows = sender_figures(url, plan, hiredis=True, figures="codec,send,batch,threads,durable")
         progress("figure 1: send cost (without hiredis)")
         rows += sender_figures(url, plan, hiredis=False, figures="send")
         progress("figure 9: Django model instance vs dict (a process with Django set up)")
         rows += sender_figures(url, plan, hiredis=True, figures="django")
         rows += consumer_figures(url, plan, with_celery, progress)
+        rows += durable.consumer_rows(
+            url,
+            backlog=plan.durable_backlog,
+            rounds=plan.worker_rounds,
+            faststream_rounds=plan.faststream_rounds,
+            latency_per_round=plan.latency_per_round,
+            every=REPORT_EVERY,
+            progress=progress,
+        )
     return header, rows
 
 
-_ORDER = ["1.", "2.", "3.", "4.", "5.", "6.", "7.", "8.", "9."]
+_ORDER = ["1.", "2.", "3.", "4.", "5.", "6.", "7.", "8.", "9.", "10"]
 
 
 def _sorted(rows: list[Row]) -> list[Row]:

@@ -174,8 +174,10 @@ class InProcessWorker(_Recording):
         self._level = self._logger.level
         self._logger.addHandler(self._handler)
         self._logger.setLevel(logging.DEBUG)
-        signals = [
-            s for s in all_signals() if s.name.startswith("tests.app.") and s.has_remote_receivers()
+        signals = [  # tests/app's pub/sub signals, as `sigbroker worker -A tests.app.receivers`
+            s
+            for s in all_signals()
+            if s.name.startswith("tests.app.") and s.has_remote_receivers() and not s.durable
         ]
         self.worker = Worker(client, signals=signals)
         self.worker.start()

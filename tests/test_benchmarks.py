@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from benchmarks.feeder import SEQ_FIELD, _numbered, _split_at_sequence, _xadd
 from benchmarks.profile import summarize
 from benchmarks.readme import write_readme
 from benchmarks.suite import QUICK, Plan
@@ -38,3 +39,25 @@ def test_the_profile_summary_counts_own_and_inclusive_samples() -> None:
     assert sorted(own) == [("decode (c.py:10)", 2), ("decode (c.py:9)", 6), ("loop (w.py:6)", 2)]
     # main and loop are in every sample: only decode is left, with both of its lines.
     assert inclusive == [("decode (c.py", 8)]
+
+
+def test_the_feeder_writes_xadd_commands_and_renumbers_sigbroker_messages() -> None:
+    hiredis = pytest.importorskip("hiredis")
+    message = b"\x82\xa1v\x01" + SEQ_FIELD + (7).to_bytes(8, "big")  # a map with "n": 7
+    command = _xadd(b"bench:stream:s", b"d", message, 100_000)
+    reader = hiredis.Reader()
+    reader.feed(command)
+    assert reader.gets() == [
+        b"XADD",
+        b"bench:stream:s",
+        b"MAXLEN",
+        b"~",
+        b"100000",
+        b"*",
+        b"d",
+        message,
+    ]
+    reader.feed(_numbered([_split_at_sequence(command)], 0, 2, 41))
+    first, second = reader.gets(), reader.gets()
+    assert first[-1].endswith((41).to_bytes(8, "big"))
+    assert second[-1].endswith((42).to_bytes(8, "big"))

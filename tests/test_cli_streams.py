@@ -510,3 +510,45 @@ def test_a_real_worker_dead_letters_and_replay_runs_only_the_failed_receiver(
     assert json_of(invoke(runner, url, namespace, "dlq", "list", "--json")) == []
     # The receiver that had succeeded did not run again.
     assert [rec["receiver"] for rec in worker.records()].count("notify") == 1
+
+
+# -- send -----------------------------------------------------------------------
+
+
+def test_send_appends_to_the_stream_of_a_durable_signal(
+    runner: CliRunner, r: redis.Redis, url: str, namespace: str
+) -> None:
+    stream = stream_key(namespace, SIGNAL)
+    r.xgroup_create(stream, "billing", "$", mkstream=True)
+    r.xgroup_create(stream, "mail", "$")
+    result = invoke(
+        runner, url, namespace, "send", SIGNAL, "--sender", "shop.Order", "-a", "order_id=7"
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"Sent {SIGNAL} to 2 groups"
+    ((_, fields),) = r.xrange(stream)
+    decoded = Client(url, namespace=namespace).codec.decode(fields[b"d"])
+    assert (decoded.sender, decoded.kwargs) == ("shop.Order", {"order_id": 7})
+
+
+def test_send_with_durable_creates_the_stream_and_a_plain_send_publishes(
+    runner: CliRunner, r: redis.Redis, url: str, namespace: str
+) -> None:
+    result = invoke(runner, url, namespace, "send", "shop.new_signal", "--durable", "-a", "n=1")
+    assert result.exit_code == 0 and "to 0 groups" in result.output
+    assert r.xlen(stream_key(namespace, "shop.new_signal")) == 1
+    result = invoke(runner, url, namespace, "send", "shop.plain_signal", "-a", "n=1")
+    assert result.exit_code == 0 and "to 0 workers" in result.output
+    assert not r.exists(stream_key(namespace, "shop.plain_signal"))
+
+
+def test_send_never_trims_a_stream_below_what_it_holds(
+    runner: CliRunner, r: redis.Redis, url: str, namespace: str
+) -> None:
+    stream = stream_key(namespace, SIGNAL)
+    with r.pipeline(transaction=False) as pipe:
+        for _ in range(100_500):
+            pipe.xadd(stream, {"d": b"x"})
+        pipe.execute()
+    assert invoke(runner, url, namespace, "send", SIGNAL).exit_code == 0
+    assert r.xlen(stream) == 100_501

@@ -11,6 +11,7 @@ PostgreSQL (127.0.0.1:5432) and is skipped, saying why, when it is not there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from sigbroker import Signal, config, receiver
+from sigbroker import Client, Signal, config, receiver
+from sigbroker.codec import Codec
 from sigbroker.errors import PayloadError
 from tests.helpers import ROOT, WorkerProcess, wait_for
 
@@ -173,6 +175,27 @@ def test_send_on_commit_outside_a_transaction_publishes_at_once(
     assert order_cancelled.send_on_commit("shop", order_id=41) == 1
     (got,) = worker.wait_records(1, receiver="billing.on_order_cancelled")
     assert got["order_id"] == 41
+
+
+def test_send_on_commit_of_a_durable_signal_appends_to_its_stream_at_commit(
+    project_db: Path, real_redis: Any, namespace: str
+) -> None:
+    import redis
+    from django.db import transaction
+
+    config.configure(url=real_redis.url, namespace=namespace)
+    refunded = Signal(providing_args=["order_id"], name="tests.django.refunded", durable=True)
+    key = config.default_client(Client).channel(refunded)
+    r = redis.Redis.from_url(real_redis.url)
+    r.xgroup_create(key, "billing", "$", mkstream=True)
+    with transaction.atomic():
+        assert refunded.send_on_commit("shop", order_id=7) is None
+        assert r.xlen(key) == 0  # not before the commit
+    with contextlib.suppress(RuntimeError), transaction.atomic():
+        refunded.send_on_commit("shop", order_id=8)
+        raise RuntimeError("rolled back")
+    ((_, fields),) = r.xrange(key)
+    assert Codec().decode(fields[b"d"]).kwargs == {"order_id": 7}
 
 
 def test_send_on_commit_refuses_a_bad_payload_at_the_call(project_db: Path) -> None:

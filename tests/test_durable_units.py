@@ -9,6 +9,7 @@ a durable delivery.
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +22,9 @@ from sigbroker import Client, Signal, Worker, current_message
 from sigbroker._aio import EventLoopThread
 from sigbroker.codec import Codec
 from sigbroker.devserver import DevServer
-from sigbroker.dispatch import Dispatcher, receiver_names
+from sigbroker.dispatch import Dispatcher
 from sigbroker.durable import DEFAULT_MAXLEN, ConsumerOptions, stream_key
+from sigbroker.durable_calls import receiver_names
 from sigbroker.errors import ConfigurationError
 from sigbroker.message import Message
 from sigbroker.stats import Stats
@@ -334,3 +336,74 @@ def test_in_memory_runs_durable_receivers_once() -> None:
     assert [n for n, _ in seen] == [1, 2]
     message = seen[0][1]
     assert message is not None and message.deliveries == 1 and message.group == "in-memory"
+
+
+class Sink:
+    """A BatchSink that records what a lean batch hands back."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.failures: list[tuple[bytes, Delivery]] = []
+        self.unusual_entries: list[bytes] = []
+
+    def failed(self, stream: bytes, entry: bytes, delivery: Delivery) -> None:
+        self.failures.append((entry, delivery))
+
+    def unusual(self, stream: bytes, entry: bytes, fields: list[bytes]) -> None:
+        self.unusual_entries.append(entry)
+
+
+def test_the_lean_batch_path_acks_runs_and_hands_failures_back(loop: EventLoopThread) -> None:
+    sig = Signal(name="t.lean", durable=True)
+    calls = Calls()
+    calls.fail = {"second"}
+    sig.connect(calls.first, weak=False)
+    sig.connect(calls.second, weak=False)
+    codec, stats = Codec(), Stats()
+    route = Dispatcher(codec, stats, loop).durable_route(sig, "billing")
+    assert route.batch is not None
+    entries = [
+        (b"1-0", [b"d", codec.pack(sig.name, "web", {"n": 1}, "key")]),
+        (b"2-0", [b"d", b"\x00garbage"]),
+        (b"3-0", [b"d", codec.pack(sig.name, None, {"n": 3}, "key"), b"g", b"billing"]),
+        (b"4-0", [b"d", codec.pack("t.other", None, {}, "key")]),
+    ]
+    acks: collections.deque[bytes] = collections.deque()
+    sink = Sink()
+    assert route.batch(b"ns:stream:t.lean", entries, acks, sink) == 4
+    assert list(acks) == [b"2-0", b"4-0"]  # the rejected ones; the first had a failure
+    ((entry, delivery),) = sink.failures
+    first, second = receiver_names([calls.first, calls.second])
+    assert entry == b"1-0" and list(delivery.failures) == [second]
+    assert delivery.succeeded == [first] and delivery.deliveries == 1
+    assert sink.unusual_entries == [b"3-0"]  # a replay: the source reads its fields
+    message = calls.calls[0][1]
+    assert message is not None and (message.entry, message.group) == ("1-0", "billing")
+    assert stats.processed == 1 and stats.failed == 1 and stats.rejected == 2
+
+
+def test_the_lean_batch_path_stops_between_messages(loop: EventLoopThread) -> None:
+    sig = Signal(name="t.lean_stop", durable=True)
+    sink = Sink()
+    seen: list[int] = []
+
+    def stop_after_first(n: int, **kwargs: Any) -> None:
+        seen.append(n)
+        sink.stopping = True
+
+    sig.connect(stop_after_first, weak=False)
+    codec = Codec()
+    route = Dispatcher(codec, Stats(), loop).durable_route(sig, "g")
+    assert route.batch is not None
+    entries = [(b"%d-0" % n, [b"d", codec.pack(sig.name, None, {"n": n}, "k")]) for n in (1, 2, 3)]
+    acks: collections.deque[bytes] = collections.deque()
+    assert route.batch(b"s", entries, acks, sink) == 1
+    assert seen == [1] and list(acks) == [b"1-0"]
+
+
+def test_a_worker_with_a_pool_or_hooks_takes_no_lean_path(loop: EventLoopThread) -> None:
+    sig = Signal(name="t.not_lean", durable=True)
+    codec = Codec()
+    assert Dispatcher(codec, Stats(), loop).durable_route(sig, "g", lambda f: None).batch is None
+    hooked = Dispatcher(codec, Stats(), loop, before_message=lambda: None)
+    assert hooked.durable_route(sig, "g").batch is None

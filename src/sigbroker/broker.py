@@ -283,7 +283,7 @@ class Worker:
             pool = Pool(self.concurrency) if self.concurrency > 1 else None
             submit = pool.submit if pool is not None else None
             streams = {
-                client.channel(s): dispatcher.durable_handler(s, group, submit) for s in durable
+                client.channel(s): dispatcher.durable_route(s, group, submit) for s in durable
             }
             namespace = client.namespace
             sources.append(
@@ -430,6 +430,8 @@ class Worker:
                     source.pulse()
             except BrokerUnavailable as exc:
                 logger.debug("Probe not sent: %s", exc)
+            except Exception:  # the heartbeat must go on: a silent worker is a dead one
+                logger.exception("Worker %s: its source's pulse failed", self.id)
             if self._dispatcher is not None:
                 self._dispatcher.settle()  # gaps missing long enough count as lost
             record = json.dumps(self.heartbeat())

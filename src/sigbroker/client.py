@@ -163,8 +163,8 @@ class Client:
         """
         return self.transport.publish(self.destination(signal), self.encode(signal, sender, kwargs))
 
-    def publish(self, channel: str, data: bytes) -> int:
-        """Publish raw bytes on a channel (for tools and tests); return the receiver count."""
+    def publish(self, channel: Destination, data: bytes) -> int:
+        """Publish raw bytes on a channel or stream (for tools and tests); return the count."""
         return self.transport.publish(channel, data)
 
     def batch(self) -> Batch:

@@ -16,32 +16,38 @@ import asyncio
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ._aio import EventLoopThread
 from .codec import Codec
+from .durable_calls import durable_batch, durable_caller
 from .errors import ConfigurationError, InvalidMessage
-from .message import Message, _current
-from .naming import callable_name, qualified_name
-from .routing import Receiver
+from .message import Message, MessageFields, current_async, running
+from .naming import callable_name
 from .sequences import Sequences
 from .signal import Signal
 from .stats import Stats
 from .throttle import Throttle
-from .transport.base import Delivery, Done, DurableDone, DurableHandler, Handler, Outcome
+from .transport.base import (
+    Delivery,
+    Done,
+    DurableDone,
+    DurableHandler,
+    DurableRoute,
+    Handler,
+    Outcome,
+)
 
 __all__ = ["REPLAY_WINDOW_S", "Dispatcher", "Hook", "Submit"]
 
 #: How a worker runs receivers elsewhere: it is given a function that calls them.
 Submit = Callable[[Callable[[], None]], None]
 #: Calls a signal's receivers for one message: (cell, sender reference, arguments, message).
-Caller = Callable[[list[str | None], str | None, dict[str, Any], Message], Outcome]
-#: Calls a durable message's receivers: (cell, delivery, sender reference, arguments, message).
-DurableCaller = Callable[[list[str | None], Delivery, str | None, dict[str, Any], Message], Outcome]
+Caller = Callable[[list[str | None], str | None, dict[str, Any], MessageFields], Outcome]
 #: Called without arguments before or after each message's receivers (see :class:`Dispatcher`).
 Hook = Callable[[], object]
+_C = TypeVar("_C", bound=Callable[..., Outcome])
 
 PROCESSED, FAILED, REJECTED = Outcome.PROCESSED, Outcome.FAILED, Outcome.REJECTED
 
@@ -51,7 +57,6 @@ REPLAY_WINDOW_S = 300.0
 MAX_SEEN_IDS = 100_000
 
 _now = time.time
-_message = tuple.__new__  # builds a Message without its Python-level __new__
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +161,10 @@ class Dispatcher:
         cells = threading.local()
 
         def pooled(
-            sender_ref: str | None, kwargs: dict[str, Any], message: Message, done: Done | None
+            sender_ref: str | None,
+            kwargs: dict[str, Any],
+            message: MessageFields,
+            done: Done | None,
         ) -> None:
             try:
                 mine = cells.cell
@@ -187,7 +195,7 @@ class Dispatcher:
                 if done is not None:
                     done(REJECTED)
                 return REJECTED
-            message = _message(Message, (message_id, name, origin, sent_at, 1, None, None))
+            message = (message_id, name, origin, sent_at, 1, None, None)
             if submit is None:
                 outcome = call(cell, sender_ref, kwargs, message)
                 if done is not None:
@@ -197,6 +205,23 @@ class Dispatcher:
             return None
 
         return handle
+
+    def durable_route(
+        self, signal: Signal, group: str, submit: Submit | None = None
+    ) -> DurableRoute:
+        """How a durable source hands over ``signal``'s messages (see :meth:`durable_handler`).
+
+        Without a pool and without message hooks, a batch of first deliveries
+        takes the lean path as well (:func:`~sigbroker.durable_calls.durable_batch`).
+        """
+        handle = self.durable_handler(signal, group, submit)
+        if submit is not None or self.before_message or self.after_message:
+            return DurableRoute(handle)
+        call = durable_caller(signal, self.stats, threads=self.threads, run_async=self._run_async)
+        batch = durable_batch(
+            signal, group, self.codec.read, self._reject, call, self._cell(signal.name), self.stats
+        )
+        return DurableRoute(handle, batch)
 
     def durable_handler(
         self, signal: Signal, group: str, submit: Submit | None = None
@@ -212,7 +237,9 @@ class Dispatcher:
         read = self.codec.read
         name = signal.name
         reject = self._reject
-        call = self._durable_caller(signal)
+        call = self._hooked(
+            durable_caller(signal, self.stats, threads=self.threads, run_async=self._run_async)
+        )
         cell = self._cell(name)
         cells = threading.local()
 
@@ -220,7 +247,7 @@ class Dispatcher:
             delivery: Delivery,
             sender_ref: str | None,
             kwargs: dict[str, Any],
-            message: Message,
+            message: MessageFields,
             done: DurableDone,
         ) -> None:
             try:
@@ -243,9 +270,14 @@ class Dispatcher:
             if "signal" in kwargs or "sender" in kwargs:
                 reject(name, "invalid", "arguments named 'signal' or 'sender' are not allowed")
                 return REJECTED
-            message = _message(
-                Message,
-                (message_id, name, origin, sent_at, delivery.deliveries, delivery.entry, group),
+            message = (
+                message_id,
+                name,
+                origin,
+                sent_at,
+                delivery.deliveries,
+                delivery.entry,
+                group,
             )
             if submit is None:
                 return call(cell, delivery, sender_ref, kwargs, message)
@@ -273,13 +305,16 @@ class Dispatcher:
         stats = self.stats
         lock = stats.lock if self.threads > 1 else None
         run_async = self._run_async
-        current = _current
+        here = running
 
         def call(
-            cell: list[str | None], sender_ref: str | None, kwargs: dict[str, Any], message: Message
+            cell: list[str | None],
+            sender_ref: str | None,
+            kwargs: dict[str, Any],
+            message: MessageFields,
         ) -> Outcome:
             cell[0] = message_id = message[0]
-            current.set(message)
+            here.message = message
             sender, sync_receivers, async_receivers = receivers_for(sender_ref)
             failed = 0
             for receiver in sync_receivers:
@@ -297,7 +332,7 @@ class Dispatcher:
                 results = run_async(signal, sender, kwargs, async_receivers, message)
                 failed += sum(result is not None for result in results)
             cell[0] = None
-            current.set(None)
+            here.message = None
             if lock is None:
                 stats.processed += 1
                 stats.failed += failed
@@ -309,97 +344,27 @@ class Dispatcher:
 
         return self._hooked(call)
 
-    def _durable_caller(self, signal: Signal) -> DurableCaller:
-        """Like :meth:`_caller` for a durable delivery: skips, ``only``, failures noted by name.
+    def _hooked(self, call: _C) -> _C:
+        """``call`` between the message hooks (``call`` itself when there are none).
 
-        The common case (a first delivery to sync receivers) takes a short
-        path; a delivery that skips receivers, or has async ones, the general one.
+        ``call`` is a caller of either kind: its last argument is the message.
         """
-        receivers_for = signal.remote_receivers
-        stats = self.stats
-        lock = stats.lock if self.threads > 1 else None
-        run_async = self._run_async
-        current = _current
-
-        def call(
-            cell: list[str | None],
-            delivery: Delivery,
-            sender_ref: str | None,
-            kwargs: dict[str, Any],
-            message: Message,
-        ) -> Outcome:
-            cell[0] = message[0]
-            current.set(message)
-            sender, sync_receivers, async_receivers = receivers_for(sender_ref)
-            failed = 0
-            if async_receivers or delivery.skip or delivery.only is not None:
-                everything = sync_receivers + async_receivers
-                first_async = len(sync_receivers)
-                failed = _run_chosen(
-                    signal, run_async, delivery, sender, everything, first_async, kwargs, message
-                )
-            else:
-                errors: list[tuple[int, BaseException]] | None = None
-                for i, receiver in enumerate(sync_receivers):
-                    try:
-                        receiver(signal=signal, sender=sender, **kwargs)
-                    except Exception as exc:
-                        _log_failure(receiver, message, delivery)
-                        errors = errors or []
-                        errors.append((i, exc))
-                if errors:
-                    _note(delivery, sync_receivers, range(len(sync_receivers)), errors)
-                    failed = len(errors)
-            cell[0] = None
-            current.set(None)
-            if lock is None:
-                stats.processed += 1
-                stats.failed += failed
-            else:
-                with lock:
-                    stats.processed += 1
-                    stats.failed += failed
-            return FAILED if failed else PROCESSED
-
         before, after = self.before_message, self.after_message
         if before is None and after is None:
             return call
 
-        def hooked(
-            cell: list[str | None],
-            delivery: Delivery,
-            sender_ref: str | None,
-            kwargs: dict[str, Any],
-            message: Message,
-        ) -> Outcome:
+        def hooked(*args: Any) -> Outcome:
+            message_id = args[-1][0]
             if before is not None:
-                _run_hook(before, message[0])
+                _run_hook(before, message_id)
             try:
-                return call(cell, delivery, sender_ref, kwargs, message)
+                result: Outcome = call(*args)
+                return result
             finally:
                 if after is not None:
-                    _run_hook(after, message[0])
+                    _run_hook(after, message_id)
 
-        return hooked
-
-    def _hooked(self, call: Caller) -> Caller:
-        """``call`` between the message hooks (``call`` itself when there are none)."""
-        before, after = self.before_message, self.after_message
-        if before is None and after is None:
-            return call
-
-        def hooked(
-            cell: list[str | None], sender_ref: str | None, kwargs: dict[str, Any], message: Message
-        ) -> Outcome:
-            if before is not None:
-                _run_hook(before, message[0])
-            try:
-                return call(cell, sender_ref, kwargs, message)
-            finally:
-                if after is not None:
-                    _run_hook(after, message[0])
-
-        return hooked
+        return cast(_C, hooked)
 
     def _admit(
         self,
@@ -451,12 +416,12 @@ class Dispatcher:
         sender: object,
         kwargs: dict[str, Any],
         receivers: list[Callable[..., Any]],
-        message: Message,
+        message: MessageFields,
     ) -> list[BaseException | None]:
         """Run async receivers together on the loop; each one's exception (logged) or None."""
 
         async def call(receiver: Callable[..., Any]) -> Any:
-            _current.set(message)  # the task's own context
+            current_async.set(Message._make(message))  # the task's own context
             return await receiver(signal=signal, sender=sender, **kwargs)
 
         async def gather() -> list[Any]:
@@ -476,92 +441,6 @@ class Dispatcher:
             else:
                 out.append(None)
         return out
-
-
-def receiver_names(receivers: list[Receiver]) -> list[str]:
-    """The receivers' names as durable delivery records them: ``module.QualName``.
-
-    The same in every process of a service (they name the receivers that
-    succeeded, across retries and claims, and the one a replay runs): a
-    callable object is named after its class, and the second receiver of one
-    name gets ``#2``.
-    """
-    seen: dict[str, int] = {}
-    names = []
-    for receiver in receivers:
-        named = getattr(receiver, "__qualname__", None)
-        name = qualified_name(receiver if isinstance(named, str) else type(receiver))
-        seen[name] = count = seen.get(name, 0) + 1
-        names.append(name if count == 1 else f"{name}#{count}")
-    return names
-
-
-def _run_chosen(
-    signal: Signal,
-    run_async: Callable[..., list[BaseException | None]],
-    delivery: Delivery,
-    sender: object,
-    everything: list[Receiver],
-    first_async: int,
-    kwargs: dict[str, Any],
-    message: Message,
-) -> int:
-    """Run the receivers of a durable delivery that it does not skip; note failures; count them.
-
-    ``everything`` holds the sync receivers, then (from ``first_async``) the async ones.
-    """
-    # Positions in ``everything`` of the receivers to run this time.
-    runs: range | list[int] = range(len(everything))
-    if delivery.skip or delivery.only is not None:
-        names = receiver_names(everything)
-        runs = [i for i in runs if _runs(names[i], delivery.skip, delivery.only)]
-    errors: list[tuple[int, BaseException]] = []
-    for i in runs:
-        if i >= first_async:
-            break
-        try:
-            everything[i](signal=signal, sender=sender, **kwargs)
-        except Exception as exc:
-            errors.append((i, exc))
-            _log_failure(everything[i], message, delivery)
-    async_runs = [i for i in runs if i >= first_async]
-    if async_runs:
-        chosen = [everything[i] for i in async_runs]
-        results = run_async(signal, sender, kwargs, chosen, message)
-        errors += [(i, e) for i, e in zip(async_runs, results, strict=True) if e is not None]
-    if errors:
-        _note(delivery, everything, runs, errors)
-    return len(errors)
-
-
-def _runs(name: str, skip: frozenset[str], only: str | None) -> bool:
-    return name not in skip and (only is None or name == only)
-
-
-def _log_failure(receiver: Receiver, message: Message, delivery: Delivery) -> None:
-    logger.exception(
-        "Error calling %s for %s (message %s, entry %s, delivery %d)",
-        callable_name(receiver),
-        message.signal,
-        message.id,
-        delivery.entry,
-        delivery.deliveries,
-    )
-
-
-def _note(
-    delivery: Delivery,
-    receivers: list[Receiver],
-    ran: range | list[int],
-    errors: list[tuple[int, BaseException]],
-) -> None:
-    """Note in ``delivery`` which receivers (by position) raised, and which of ``ran`` returned."""
-    names = receiver_names(receivers)
-    for i, exc in errors:
-        text = "".join(traceback.format_exception(exc))
-        delivery.failures[names[i]] = (f"{type(exc).__qualname__}: {exc}", text)
-    failed = {i for i, _ in errors}
-    delivery.succeeded.extend(names[i] for i in ran if i not in failed)
 
 
 def _run_hook(hook: Hook, message_id: str) -> None:

@@ -8,10 +8,11 @@ dispatcher sets it around each message's receivers, async ones included.
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
 from typing import NamedTuple
 
-__all__ = ["Message", "current_message"]
+__all__ = ["Message", "MessageFields", "current_message"]
 
 
 class Message(NamedTuple):
@@ -33,7 +34,14 @@ class Message(NamedTuple):
     group: str | None = None
 
 
-_current: ContextVar[Message | None] = ContextVar("sigbroker_current_message", default=None)
+#: A Message's fields as a plain tuple: what the dispatcher builds per message.
+MessageFields = tuple[str, str, str, float, int, str | None, str | None]
+
+#: The message of the sync receivers running in this thread (set per message: a
+#: thread-local store is the cheapest), as a plain tuple of Message's fields.
+running = threading.local()
+#: The message of the async receivers running in this task (their own context).
+current_async: ContextVar[Message | None] = ContextVar("sigbroker_message", default=None)
 
 
 def current_message() -> Message | None:
@@ -47,4 +55,8 @@ def current_message() -> Message | None:
             if not Charge.objects.filter(message_id=message.id).exists():
                 ...
     """
-    return _current.get()
+    message = current_async.get()
+    if message is not None:
+        return message
+    fields = getattr(running, "message", None)
+    return None if fields is None else Message._make(fields)

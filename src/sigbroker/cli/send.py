@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from ..durable import DEFAULT_MAXLEN, stream_key
+from ..transport.base import Stream
 from .context import Options, pass_options
 
 __all__ = ["parse_arguments", "send"]
@@ -24,6 +26,11 @@ __all__ = ["parse_arguments", "send"]
     help="An argument; VALUE is parsed as JSON when it parses, else a string.",
 )
 @click.option("--json", "json_text", default=None, metavar="OBJECT", help="Arguments as JSON.")
+@click.option(
+    "--durable",
+    is_flag=True,
+    help="Append to the signal's stream (the default when the stream exists).",
+)
 @pass_options
 def send(
     opts: Options,
@@ -31,12 +38,25 @@ def send(
     sender: str | None,
     pairs: tuple[str, ...],
     json_text: str | None,
+    durable: bool,
 ) -> None:
-    """Send SIGNAL_NAME with the given arguments; print how many workers got it."""
+    """Send SIGNAL_NAME with the given arguments; print how many workers (or groups) got it.
+
+    A durable signal (one whose stream exists, or with --durable) is appended
+    to its stream, which keeps at least as many entries as it holds now.
+    """
     kwargs = parse_arguments(pairs, json_text)
     with opts.client() as client:
-        count = client.send(signal_name, sender, **kwargs)
-    noun = "worker" if count == 1 else "workers"
+        data = client.encode(signal_name, sender, kwargs)
+        key = stream_key(client.namespace, signal_name)
+        held = client.call(lambda r: r.xlen(key) if r.type(key) in (b"stream", "stream") else None)
+        if durable or held is not None:
+            maxlen = max(DEFAULT_MAXLEN, (held or 0) + 1)
+            count = client.publish(Stream(key, maxlen), data)
+            noun = "group" if count == 1 else "groups"
+        else:
+            count = client.publish(client.channel(signal_name), data)
+            noun = "worker" if count == 1 else "workers"
     click.echo(f"Sent {signal_name} to {count} {noun}")
 
 

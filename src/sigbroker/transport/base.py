@@ -34,6 +34,7 @@ import os
 import threading
 import weakref
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -42,12 +43,15 @@ from ..stats import Stats
 
 __all__ = [
     "ABANDON_COUNT_LIMIT",
+    "BatchSink",
     "Combined",
     "Delivery",
     "Destination",
     "Done",
+    "DurableBatch",
     "DurableDone",
     "DurableHandler",
+    "DurableRoute",
     "Handler",
     "Outcome",
     "PatternHandler",
@@ -143,6 +147,42 @@ class DurableHandler(Protocol):
 
     def __call__(self, delivery: Delivery, done: DurableDone, /) -> Outcome | None:
         """Run ``delivery``: return its outcome, or None and call ``done`` later (a pool)."""
+
+
+class BatchSink(Protocol):
+    """Where a :class:`DurableBatch` reports: the source that read the batch."""
+
+    #: Set when the source stops: the batch returns before its next message.
+    stopping: bool
+
+    def failed(self, stream: bytes, entry: bytes, delivery: Delivery) -> None:
+        """Some receivers of this message raised (noted in ``delivery``)."""
+
+    def unusual(self, stream: bytes, entry: bytes, fields: list[bytes]) -> None:
+        """An entry that is not one plain message (a replay, a deleted entry)."""
+
+
+class DurableBatch(Protocol):
+    """Runs a batch of first deliveries of one stream in the calling thread: the lean path.
+
+    Each message whose receivers all returned (or that was rejected) is
+    appended to ``acks``; the others go to ``sink``. Returns how many of
+    ``entries`` it handled: fewer when ``sink.stopping`` was set.
+    """
+
+    def __call__(
+        self, stream: bytes, entries: list[Any], acks: deque[bytes], sink: BatchSink, /
+    ) -> int:
+        """Handle ``entries`` (``(entry id, fields)`` pairs) in order."""
+
+
+class DurableRoute(NamedTuple):
+    """How a durable source hands over one stream's messages."""
+
+    #: One delivery at a time (retries, claims, replays; a worker with a pool or hooks).
+    handle: DurableHandler
+    #: A batch of first deliveries at once, where the worker allows it.
+    batch: DurableBatch | None = None
 
 
 class Source(ABC):
@@ -290,7 +330,7 @@ class Transport(ABC):
 
     def stream_source(
         self,
-        routes: Mapping[str, DurableHandler],
+        routes: Mapping[str, DurableRoute],
         *,
         options: ConsumerOptions,
         consumer: str,

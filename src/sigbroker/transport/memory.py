@@ -28,6 +28,7 @@ from .base import (
     Destination,
     Done,
     DurableHandler,
+    DurableRoute,
     Handler,
     Outcome,
     PatternHandler,
@@ -222,7 +223,7 @@ class MemoryTransport(Transport):
 
     def stream_source(
         self,
-        routes: Mapping[str, DurableHandler],
+        routes: Mapping[str, DurableRoute],
         *,
         options: ConsumerOptions,
         consumer: str,
@@ -235,7 +236,7 @@ class MemoryTransport(Transport):
         There is no stream to keep messages, so no retries and no dead
         letters: a receiver that raises is logged and counted, as in pub/sub.
         """
-        return MemorySource(self, {k: _once(k, h) for k, h in routes.items()}, (), None)
+        return MemorySource(self, {k: _once(k, r.handle) for k, r in routes.items()}, (), None)
 
     def put(self, key: str, value: str, ttl_s: float) -> None:
         """Keep ``value`` until ``ttl_s`` from now."""

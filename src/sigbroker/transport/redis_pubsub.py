@@ -24,10 +24,17 @@ import redis.asyncio
 from ..durable import ConsumerOptions
 from ..stats import Stats
 from . import redis_endpoint
-from .base import Destination, DurableHandler, Handler, PatternHandler, Transport, reset_after_fork
+from .base import (
+    Destination,
+    DurableRoute,
+    Handler,
+    PatternHandler,
+    Source,
+    Transport,
+    reset_after_fork,
+)
 from .redis_endpoint import Endpoint
 from .redis_publisher import Publisher, apublish, frame, publish_command
-from .redis_streams import StreamConsumer, append_command
 from .redis_subscription import Subscription
 
 __all__ = ["RedisPubSub"]
@@ -74,9 +81,13 @@ class RedisPubSub(Transport):
         # The PUBLISH (or a stream's append) up to the message, framed once per destination.
         command = self._commands.get(channel)
         if command is None:
-            command = self._commands[channel] = (
-                publish_command(channel) if isinstance(channel, str) else append_command(channel)
-            )
+            if isinstance(channel, str):
+                command = publish_command(channel)
+            else:
+                from .redis_streams import append_command  # only where a signal is durable
+
+                command = append_command(channel)
+            self._commands[channel] = command
         return command
 
     # -- publishing -----------------------------------------------------------
@@ -140,15 +151,17 @@ class RedisPubSub(Transport):
 
     def stream_source(
         self,
-        routes: Mapping[str, DurableHandler],
+        routes: Mapping[str, DurableRoute],
         *,
         options: ConsumerOptions,
         consumer: str,
         namespace: str,
         alive_key: Callable[[str], str],
         stats: Stats,
-    ) -> StreamConsumer:
+    ) -> Source:
         """The durable signals' streams of ``routes``, read in a consumer group."""
+        from .redis_streams import StreamConsumer  # only a worker with durable signals needs it
+
         return StreamConsumer(
             self.endpoint,
             routes,

@@ -80,11 +80,11 @@ def send_on_commit(
         return client.send(signal, sender, **named)  # a plain send, with its sequence number
     name = signal.name
     data = client.codec.encode(new_envelope(name, sender_reference(sender), named))
-    channel = client.channel(name)
+    destination = client.destination(signal)  # a durable signal's stream, else its channel
 
     def publish() -> None:
         try:
-            client.publish(channel, data)
+            client.publish(destination, data)
         except Exception:
             logger.exception("Could not publish %s after commit: the message is lost", name)
 

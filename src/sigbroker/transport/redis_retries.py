@@ -1,0 +1,292 @@
+"""A durable consumer's messages whose receivers raised: retried alone, then dead-lettered.
+
+:class:`Retries` keeps the messages that wait for another delivery (a
+retry after a backoff, or a message claimed from a dead consumer, due at
+once) and the group's bookkeeping of them in ``{namespace}:retry:{group}``:
+how many attempts each had and which receivers succeeded, so that any worker
+of the group that takes it over runs only the others and counts on from
+there. Past ``max_deliveries`` a message goes to ``{namespace}:dlq:{group}``,
+one entry per failing receiver, and is acknowledged in the same transaction.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import threading
+import time
+from time import monotonic
+from typing import Any, NamedTuple
+
+from ..backoff import compute_backoff
+from ..durable import DLQ_MAXLEN, ConsumerOptions, dlq_key, lost_key, retry_field, retry_key
+from ..errors import BrokerUnavailable
+from ..stats import Stats
+from ..throttle import Throttle
+from .base import Delivery
+from .redis_link import Link, command
+
+__all__ = ["Retries", "Waiting"]
+
+logger = logging.getLogger(__name__)
+
+#: First retry delay of a receiver that raised; doubles each attempt, with jitter.
+RETRY_BASE_S = 1.0
+#: Longest retry delay.
+RETRY_MAX_S = 60.0
+
+
+class Waiting(NamedTuple):
+    """A message due for another delivery (heap order: due time, then arrival)."""
+
+    due: float
+    order: int
+    stream: bytes
+    entry: bytes
+    data: bytes
+    deliveries: int
+    skip: frozenset[str]
+    only: str | None
+
+
+class Retries:
+    """The messages waiting for another delivery, and the group's record of their attempts."""
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        options: ConsumerOptions,
+        consumer: str,
+        namespace: str,
+        stats: Stats,
+        throttle: Throttle,
+    ) -> None:
+        self._link = link
+        self._options = options
+        self._group = options.group
+        self._consumer = consumer
+        self._stats = stats
+        self._throttle = throttle
+        self._dlq = dlq_key(namespace, self._group)
+        self._key = retry_key(namespace, self._group)
+        self._lost = lost_key(namespace, self._group)
+        self._heap: list[Waiting] = []
+        self._order = itertools.count()
+        self._lock = threading.Lock()
+        # Messages with a field in the retry hash, deleted when they are acknowledged.
+        self._noted: set[tuple[bytes, bytes]] = set()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def next_due(self) -> float | None:
+        """When the first waiting message is due (``time.monotonic()``), or None."""
+        heap = self._heap
+        return heap[0].due if heap else None
+
+    def pop_due(self, now: float) -> Waiting | None:
+        """The first message due by ``now``, taken off the heap; None if none is."""
+        with self._lock:
+            if self._heap and self._heap[0].due <= now:
+                return heapq.heappop(self._heap)
+        return None
+
+    def held(self) -> list[tuple[bytes, bytes]]:
+        """The (stream, entry) of every waiting message."""
+        with self._lock:
+            return [(w.stream, w.entry) for w in self._heap]
+
+    def wait(
+        self,
+        due: float,
+        stream: bytes,
+        entry: bytes,
+        data: bytes,
+        deliveries: int,
+        skip: frozenset[str],
+        only: str | None,
+    ) -> None:
+        """Have the message delivered again at ``due``, as delivery number ``deliveries``."""
+        item = Waiting(due, next(self._order), stream, entry, data, deliveries, skip, only)
+        with self._lock:
+            heapq.heappush(self._heap, item)
+
+    def forget(self, stream: bytes, entries: list[bytes]) -> list[bytes]:
+        """The commands that drop the record of ``entries`` (acknowledged now), if any."""
+        noted = self._noted
+        if not noted:
+            return []
+        done = [e for e in entries if (stream, e) in noted]
+        if not done:
+            return []
+        noted.difference_update((stream, e) for e in done)
+        name = stream.decode()
+        return [command("HDEL", self._key, *(retry_field(name, e.decode()) for e in done))]
+
+    def failed(self, stream: bytes, entry: bytes, delivery: Delivery) -> None:
+        """Some receivers raised: retry them later, or dead-letter them past the limit."""
+        done = sorted(delivery.skip.union(delivery.succeeded))
+        n = delivery.deliveries
+        if n >= self._options.max_deliveries:
+            failures = [(name, error, trace) for name, (error, trace) in delivery.failures.items()]
+            self.dead_letter(stream, entry, delivery.data, n, failures, done)
+            return
+        delay = compute_backoff(n, base_s=RETRY_BASE_S, max_s=RETRY_MAX_S)
+        field = retry_field(delivery.stream, delivery.entry)
+        try:
+            self._link.run(command("HSET", self._key, field, json.dumps({"n": n, "done": done})))
+            self._noted.add((stream, entry))
+        except BrokerUnavailable as exc:  # the retry still happens here; others may count less
+            logger.debug("Could not note the attempts of %s: %s", field, exc)
+        skip = frozenset(done)
+        self.wait(monotonic() + delay, stream, entry, delivery.data, n + 1, skip, delivery.only)
+        self._stats.add(retried=1)
+        self._throttle.warning(
+            f"retry:{delivery.stream}",
+            f"{', '.join(delivery.failures) or 'a receiver'} raised on {delivery.stream} "
+            f"(entry {delivery.entry}, delivery {n} of {self._options.max_deliveries}); "
+            f"retrying in {delay:.1f}s",
+        )
+
+    def dead_letter(
+        self,
+        stream: bytes,
+        entry: bytes,
+        data: bytes,
+        deliveries: int,
+        failures: list[tuple[str, str, str]],
+        done: list[str],
+    ) -> None:
+        """Put the message in the group's dead letters (one entry per receiver), then ack it.
+
+        ``failures`` are (receiver, error line, traceback); a receiver named
+        ``""`` stands for every receiver not in ``done``.
+        """
+        name = stream.decode()
+        signal = name.split(":stream:", 1)[-1]
+        now = f"{time.time():.6f}"
+        adds = [
+            command(
+                "XADD",
+                self._dlq,
+                "MAXLEN",
+                "~",
+                DLQ_MAXLEN,
+                "*",
+                "d",
+                data,
+                "signal",
+                signal,
+                "stream",
+                name,
+                "entry",
+                entry,
+                "receiver",
+                receiver,
+                "error",
+                error,
+                "traceback",
+                trace,
+                "deliveries",
+                deliveries,
+                "worker",
+                self._consumer,
+                "failed_at",
+                now,
+                "done",
+                json.dumps(done),
+            )
+            for receiver, error, trace in failures
+        ]
+        try:
+            self._link.run(
+                command("MULTI"),
+                *adds,
+                command("XACK", stream, self._group, entry),
+                command("HDEL", self._key, retry_field(name, entry.decode())),
+                command("EXEC"),
+            )
+        except BrokerUnavailable as exc:
+            # Still pending on this worker: a claim or a restart tries again.
+            logger.error("Could not dead-letter %s %s: %s", name, entry.decode(), exc)
+            return
+        self._noted.discard((stream, entry))
+        self._stats.add(dead_lettered=len(failures))
+        self._throttle.warning(
+            f"dlq:{name}",
+            f"Dead-lettered {name} entry {entry.decode()} after {deliveries} deliveries "
+            f"to {self._dlq}: "
+            + "; ".join(f"{r or 'its receivers'}: {error}" for r, error, _ in failures),
+        )
+
+    def lost(self, stream: bytes, entries: list[bytes], why: str) -> None:
+        """Entries gone from the stream while pending: acknowledged, counted, never run."""
+        name = stream.decode()
+        try:
+            self._link.run(
+                command("XACK", stream, self._group, *entries),
+                command("HINCRBY", self._lost, name, len(entries)),
+                command("HDEL", self._key, *(retry_field(name, e.decode()) for e in entries)),
+            )
+        except BrokerUnavailable as exc:
+            logger.debug("Could not acknowledge lost entries: %s", exc)
+        self._stats.add(lost=len(entries))
+        self._throttle.warning(
+            f"lost:{name}", f"{len(entries)} entries of {name} were {why}: counted as lost"
+        )
+
+    def take_over(
+        self, stream: bytes, entries: list[tuple[bytes, list[bytes]]], *, dead_holder: bool
+    ) -> None:
+        """Messages claimed (or found in this consumer's history): due now, or dead letters.
+
+        A dead holder may have been running a message when it died: that
+        counts as an attempt, unless a warm stop handed the message back.
+        """
+        name = stream.decode()
+        fields = [retry_field(name, e.decode()) for e, _ in entries]
+        (states,) = self._link.run(command("HMGET", self._key, *fields))
+        writes: list[str] = []
+        now = monotonic()
+        for (entry, values), field, raw in zip(entries, fields, states, strict=True):
+            state: dict[str, Any] = json.loads(raw) if raw else {}
+            cut_short = dead_holder and not state.get("returned")
+            attempts = int(state.get("n", 0)) + cut_short
+            done = list(state.get("done", []))
+            record = dict(zip(values[::2], values[1::2], strict=False))
+            data = record.get(b"d", b"")
+            if attempts >= self._options.max_deliveries:
+                error = f"WorkerLost: its workers stopped while holding it ({attempts} deliveries)"
+                self.dead_letter(stream, entry, data, attempts, [("", error, "")], done)
+                continue
+            writes += [field, json.dumps({"n": attempts, "done": done})]
+            self._noted.add((stream, entry))
+            only = record.get(b"r")
+            skip = frozenset(done)
+            self.wait(now, stream, entry, data, attempts + 1, skip, only.decode() if only else None)
+        if writes:
+            self._link.run(command("HSET", self._key, *writes))
+        self._stats.add(claimed=len(entries))
+
+    def hand_back(self, entries: list[tuple[bytes, bytes]]) -> None:
+        """A warm stop: ``entries`` (read, not started) and every waiting one left pending.
+
+        Each is marked as handed back, so that the worker that claims it does
+        not count an attempt that never ran.
+        """
+        with self._lock:
+            waiting, self._heap = self._heap, []
+        marks: list[str] = []
+        for stream, entry in entries:
+            marks += [retry_field(stream.decode(), entry.decode()), '{"n": 0, "returned": 1}']
+        for w in waiting:
+            state = {"n": w.deliveries - 1, "done": sorted(w.skip), "returned": 1}
+            marks += [retry_field(w.stream.decode(), w.entry.decode()), json.dumps(state)]
+        if marks:
+            try:
+                self._link.run(command("HSET", self._key, *marks))
+            except BrokerUnavailable as exc:
+                logger.debug("Could not mark the messages handed back: %s", exc)
