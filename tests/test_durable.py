@@ -11,7 +11,6 @@ so those tests take 20-30 s each.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import random
@@ -46,8 +45,6 @@ SIGNALS = (bulk, flaky, hold, poison)
 GROUP = "billing"
 #: Messages of the sharing, two-group and chaos tests (issue 11 §7: 10^4).
 MESSAGES = 10_000
-#: Entries a worker reads at once (XREADGROUP COUNT): finished, they are acked with the next read.
-READ_BATCH = 100
 #: Workers killed with SIGKILL during the chaos test.
 KILLS = 6
 #: Seconds a chaos test's receiver works on each message, so kills land mid-stream.
@@ -58,8 +55,6 @@ CLAIM_WAIT_S = 40.0
 READY_S = 30.0
 #: Longest wait for a bulk run to be processed.
 BULK_WAIT_S = 90.0
-#: The precision of a log line's time (milliseconds).
-LOG_TIME_S = 0.001
 #: How often a test polls the record files and Redis while it waits.
 POLL_S = 0.1
 #: The groups of the two-group test.
@@ -245,15 +240,6 @@ def log_messages(log: str) -> list[str]:
     return [line.split(": ", 1)[1] for line in log.splitlines() if ": " in line]
 
 
-def _log_times(log: str, text: str) -> list[float]:
-    """When (epoch seconds) the worker logged each line containing ``text``."""
-    return [
-        datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        for line in log.splitlines()
-        if text in line
-    ]
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -389,7 +375,8 @@ def _check_duplicates(rows: list[dict[str, Any]], kills: list[Kill]) -> tuple[in
     after the kill: read (or claimed) and not acknowledged. Each earlier run
     of a duplicated message must be by a killed worker and among what it held
     then; only the last run may be by a worker that lived. A worker acks with
-    its next read, so it holds at most a read (100) plus what it claimed.
+    its next read, so what it held is about its batch in hand, the read on its
+    way (100 each) and what it claimed.
     """
     held = {k.pid: k.pending for k in kills}
     duplicates, blamed = 0, Counter[int]()
@@ -571,13 +558,17 @@ def test_a_poison_message_is_dead_lettered_then_replayed_to_its_receiver_and_gro
         "the replay to run",
     )
     cluster.wait_all_acked(poison)
-    cluster.wait_all_acked(poison, "mail")
     with cluster.redis() as r:
         assert r.xlen(dlq_key(cluster.namespace, GROUP)) == 0
-        # mail has read past the replayed entry, and acked it, without running anything.
         last = _text(r.xrevrange(cluster.stream(poison), count=1)[0][0])
-        groups = {_text(g["name"]): g for g in r.xinfo_groups(cluster.stream(poison))}
-        assert _text(groups["mail"]["last-delivered-id"]) == last
+
+        def mail_read_it() -> bool:
+            groups = {_text(g["name"]): g for g in r.xinfo_groups(cluster.stream(poison))}
+            return _text(groups["mail"]["last-delivered-id"]) == last
+
+        # mail reads the replayed entry too, and acks it without running anything.
+        cluster.wait(mail_read_it, 20, "mail to read the replayed entry")
+    cluster.wait_all_acked(poison, "mail")
     replayed = [r for r in cluster.records("poison_always_raises") if r["group"] == GROUP][3:]
     assert len(replayed) == 1 and replayed[0]["id"] == runs[0]["id"]
     assert replayed[0]["pid"] == billing.proc.pid and replayed[0]["entry"] == last
@@ -664,17 +655,11 @@ def test_a_redis_restart_mid_stream_with_aof_loses_nothing(
         f"\nRedis restart (AOF, fsync always): messages {before + after}, lost 0, "
         f"duplicates {duplicates}"
     )
-    # A duplicate is a message the worker ran before it found Redis gone, its ack not
-    # confirmed: the batch whose ack was on its way, and the batch run since (its ack
-    # rides with the next read).
-    noticed = _log_times(worker.output(), "lost Redis")
-    assert noticed, worker.output()[-4000:]
-    first_runs: dict[int, float] = {}
-    for row in rows:
-        first_runs.setdefault(row["i"], row["t"])
-    late = [i for i, n in counts.items() if n > 1 and first_runs[i] > noticed[0] + LOG_TIME_S]
-    assert late == [], late
-    assert duplicates <= 2 * READ_BATCH, duplicates
+    # Nothing runs twice either: the worker knows what it ran. Acks on their way when the
+    # connection broke are sent again, and after the reconnect it takes back from its
+    # history only what it neither holds nor finished (a read whose reply was lost).
+    assert "lost Redis" in worker.output()
+    assert duplicates == 0, sorted(i for i, n in counts.items() if n > 1)
 
 
 # -- 7, 8: trimmed and deleted entries are counted lost, never run -------------------------
