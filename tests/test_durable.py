@@ -548,7 +548,13 @@ def test_a_poison_message_is_dead_lettered_then_replayed_to_its_receiver_and_gro
     # The fix is deployed: billing's worker restarts with it, and the dead letter is replayed.
     assert billing.warm_stop()
     billing = cluster.start(GROUP, "--max-deliveries", "3", env={"DURABLE_POISON_FIXED": "1"})
-    mail_before = [r for r in cluster.records() if r["group"] == "mail"]
+
+    def mail_rows() -> list[dict[str, Any]]:
+        return [r for r in cluster.records() if r["group"] == "mail"]
+
+    cluster.wait(lambda: len(mail_rows()) >= 2, 20, "mail to run both receivers")
+    mail_before = mail_rows()
+    assert sorted(r["r"] for r in mail_before) == ["poison_always_raises", "poison_other"]
     how = _replay(cluster, GROUP)
     cluster.wait(
         lambda: (
@@ -573,7 +579,7 @@ def test_a_poison_message_is_dead_lettered_then_replayed_to_its_receiver_and_gro
     assert len(replayed) == 1 and replayed[0]["id"] == runs[0]["id"]
     assert replayed[0]["pid"] == billing.proc.pid and replayed[0]["entry"] == last
     assert [r for r in cluster.records("poison_other") if r["group"] == GROUP] == others
-    assert [r for r in cluster.records() if r["group"] == "mail"] == mail_before
+    assert mail_rows() == mail_before
     assert billing.warm_stop() and mail.warm_stop()
     print(f"\ndead letter replayed by {how}")
 
