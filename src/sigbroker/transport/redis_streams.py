@@ -7,17 +7,17 @@ batches, no retry once written.
 
 Consuming: a :class:`StreamConsumer` reads the streams of a worker's durable
 signals as one consumer (the worker's id) of a group (the service), on a
-connection of its own. Acknowledgements of finished messages go in the same
-write as the next read. Per receiver at-least-once: a message whose
-receivers all returned is acknowledged; when some raised, the group's retry
-hash notes the attempts and the receivers that succeeded, and the failing
-ones run again alone after a backoff, until ``max_deliveries`` sends the
-message to the group's dead letters. The worker's pulse (:meth:`pulse`, on
-a second connection) keeps what this worker holds from looking idle, claims
-the messages of dead consumers and of anything idle past ``claim_idle_s``,
-removes dead consumers once nothing is pending on them, and counts what the
-group lost to trimming. Everything speaks RESP2 on our own connections, so
-the replies have one shape whatever redis-py and its protocol.
+connection of its own. The next read goes out before the batch in hand runs,
+and the acknowledgements of finished messages go in the same write. A batch
+of first deliveries takes the dispatcher's lean path where the worker allows
+it. Per receiver at-least-once: a message whose receivers all returned is
+acknowledged; the others go to :mod:`.redis_retries` (retried alone after a
+backoff, dead-lettered past ``max_deliveries``). The worker's pulse has
+:mod:`.redis_claims` keep what this worker holds from looking idle, claim
+what dead or idle consumers held, and count what the group lost to
+trimming, on a second connection (:mod:`.redis_link`). Everything speaks
+RESP2 on our own connections, so the replies have one shape whatever
+redis-py and its protocol.
 """
 
 from __future__ import annotations
