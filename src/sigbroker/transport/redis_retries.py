@@ -281,9 +281,9 @@ class Retries:
             waiting, self._heap = self._heap, []
         marks: list[str] = []
         for stream, entry in entries:
-            marks += [retry_field(stream.decode(), entry.decode()), '{"n": 0, "returned": 1}']
+            marks += [retry_field(stream.decode(), entry.decode()), '{"n": 0, "returned": true}']
         for w in waiting:
-            state = {"n": w.deliveries - 1, "done": sorted(w.skip), "returned": 1}
+            state = {"n": w.deliveries - 1, "done": sorted(w.skip), "returned": True}
             marks += [retry_field(w.stream.decode(), w.entry.decode()), json.dumps(state)]
         if marks:
             try:
