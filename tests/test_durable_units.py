@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -407,3 +408,74 @@ def test_a_worker_with_a_pool_or_hooks_takes_no_lean_path(loop: EventLoopThread)
     assert Dispatcher(codec, Stats(), loop).durable_route(sig, "g", lambda f: None).batch is None
     hooked = Dispatcher(codec, Stats(), loop, before_message=lambda: None)
     assert hooked.durable_route(sig, "g").batch is None
+
+
+def test_a_message_whose_holders_keep_dying_is_dead_lettered_as_worker_lost(
+    real_redis: DevServer, namespace: str
+) -> None:
+    # A message that kills its worker (OOM, a segfault) every time must not go
+    # round forever (dramatiq#213): each claim from a dead holder counts one
+    # delivery, and past max_deliveries the claim dead-letters it unrun.
+    from sigbroker.durable import dlq_key, retry_field, retry_key
+    from sigbroker.throttle import Throttle
+    from sigbroker.transport.redis_endpoint import Endpoint
+    from sigbroker.transport.redis_link import Link
+    from sigbroker.transport.redis_retries import Retries
+
+    r = redis.Redis.from_url(real_redis.url)
+    stream = stream_key(namespace, "t.crashes")
+    entry = r.xadd(stream, {"d": b"envelope"})
+    r.xgroup_create(stream, "billing", "0")
+    r.xreadgroup("billing", "dead-worker", {stream: ">"})
+    field = retry_field(stream, entry.decode())
+    r.hset(retry_key(namespace, "billing"), field, '{"n": 2, "done": ["a.first"]}')
+    stats = Stats()
+    link = Link(Endpoint(real_redis.url), use_hiredis=False)
+    retries = Retries(
+        link,
+        options=ConsumerOptions("billing", max_deliveries=3),
+        consumer="me",
+        namespace=namespace,
+        stats=stats,
+        throttle=Throttle(logging.getLogger("test")),
+    )
+    claimed = r.xclaim(stream, "billing", "me", 0, [entry])
+    retries.take_over(stream.encode(), [(entry, [b"d", b"envelope"])], dead_holder=True)
+    link.close()
+    assert len(claimed) == 1 and len(retries) == 0  # not run again: dead-lettered
+    ((_, letter),) = r.xrange(dlq_key(namespace, "billing"))
+    assert letter[b"error"].startswith(b"WorkerLost") and letter[b"deliveries"] == b"3"
+    assert letter[b"receiver"] == b"" and letter[b"done"] == b'["a.first"]'
+    assert r.xpending(stream, "billing")["pending"] == 0
+    assert not r.hexists(retry_key(namespace, "billing"), field)
+    assert stats.dead_lettered == 1 and stats.claimed == 1
+
+
+def test_a_message_handed_back_by_a_warm_stop_counts_no_delivery(
+    real_redis: DevServer, namespace: str
+) -> None:
+    from sigbroker.durable import retry_field, retry_key
+    from sigbroker.throttle import Throttle
+    from sigbroker.transport.redis_endpoint import Endpoint
+    from sigbroker.transport.redis_link import Link
+    from sigbroker.transport.redis_retries import Retries
+
+    r = redis.Redis.from_url(real_redis.url)
+    stream = stream_key(namespace, "t.handed_back")
+    entry = r.xadd(stream, {"d": b"envelope"})
+    link = Link(Endpoint(real_redis.url), use_hiredis=False)
+    options = ConsumerOptions("billing", max_deliveries=3)
+    throttle = Throttle(logging.getLogger("test"))
+    stopping = Retries(
+        link, options=options, consumer="a", namespace=namespace, stats=Stats(), throttle=throttle
+    )
+    stopping.hand_back([(stream.encode(), entry)])
+    field = retry_field(stream, entry.decode())
+    assert r.hget(retry_key(namespace, "billing"), field) == b'{"n": 0, "returned": true}'
+    taking = Retries(
+        link, options=options, consumer="b", namespace=namespace, stats=Stats(), throttle=throttle
+    )
+    taking.take_over(stream.encode(), [(entry, [b"d", b"envelope"])], dead_holder=True)
+    link.close()
+    due = taking.pop_due(float("inf"))
+    assert due is not None and due.deliveries == 1  # the first delivery: nothing ran before
