@@ -146,9 +146,11 @@ def durable_batch(
             sender, sync_receivers, async_receivers = plans.get(sender_ref) or plans.setdefault(
                 sender_ref, receivers_for(sender_ref)
             )
-            message = (message_id, name, origin, sent_at, 1, entry.decode(), group)
+            # The entry id stays bytes here: current_message() decodes it if asked.
+            message = (message_id, name, origin, sent_at, 1, entry, group)
             if async_receivers:
-                delivery = Delivery(stream_name, message[5], data)
+                message = (message_id, name, origin, sent_at, 1, entry.decode(), group)
+                delivery = Delivery(stream_name, entry.decode(), data)
                 if call(cell, delivery, sender_ref, kwargs, message) is FAILED:
                     sink.failed(stream, entry, delivery)
                 else:
@@ -168,11 +170,11 @@ def durable_batch(
                         callable_name(receiver),
                         name,
                         message_id,
-                        message[5],
+                        entry.decode(),
                     )
             processed += 1
             if errors:
-                delivery = Delivery(stream_name, message[5], data)
+                delivery = Delivery(stream_name, entry.decode(), data)
                 _note(delivery, sync_receivers, range(len(sync_receivers)), errors)
                 failed += len(errors)
                 sink.failed(stream, entry, delivery)

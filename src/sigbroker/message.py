@@ -34,8 +34,9 @@ class Message(NamedTuple):
     group: str | None = None
 
 
-#: A Message's fields as a plain tuple: what the dispatcher builds per message.
-MessageFields = tuple[str, str, str, float, int, str | None, str | None]
+#: A Message's fields as a plain tuple: what the dispatcher builds per message
+#: (the entry id may still be the bytes Redis sent).
+MessageFields = tuple[str, str, str, float, int, str | bytes | None, str | None]
 
 #: The message of the sync receivers running in this thread (set per message: a
 #: thread-local store is the cheapest), as a plain tuple of Message's fields.
@@ -59,4 +60,9 @@ def current_message() -> Message | None:
     if message is not None:
         return message
     fields = getattr(running, "message", None)
-    return None if fields is None else Message._make(fields)
+    if fields is None:
+        return None
+    entry = fields[5]
+    if isinstance(entry, bytes):
+        fields = (*fields[:5], entry.decode(), fields[6])
+    return Message._make(fields)

@@ -142,6 +142,10 @@ class StreamConsumer(Source):
         # the connection breaks before Redis answered).
         self._acks: dict[bytes, deque[bytes]] = {s: deque() for s in self._streams}
         self._acking: list[tuple[bytes, list[bytes]]] = []
+        # XACK's name, stream and group, framed once per stream.
+        self._xack = {
+            s: command("XACK", s, self._group).partition(b"\r\n")[2] for s in self._streams
+        }
         # What this worker holds, besides the retries waiting: the batch
         # running [stream, entries, since] and the messages in a pool.
         self._batch: list[Any] | None = None
@@ -292,7 +296,9 @@ class StreamConsumer(Source):
                 continue
             ids = [pending.popleft() for _ in range(len(pending))]
             self._acking.append((stream, ids))
-            out.append(command("XACK", stream, self._group, *ids))
+            # command("XACK", stream, group, *ids), framed here: it runs for every batch.
+            framed = b"".join([b"$%d\r\n%s\r\n" % (len(e), e) for e in ids])
+            out.append(b"*%d\r\n%s%s" % (len(ids) + 3, self._xack[stream], framed))
             out += self._retries.forget(stream, ids)
         return out
 
