@@ -479,3 +479,144 @@ def test_a_message_handed_back_by_a_warm_stop_counts_no_delivery(
     link.close()
     due = taking.pop_due(float("inf"))
     assert due is not None and due.deliveries == 1  # the first delivery: nothing ran before
+
+
+def _retries(url: str, namespace: str, consumer: str, stats: Stats | None = None) -> Any:
+    from sigbroker.throttle import Throttle
+    from sigbroker.transport.redis_endpoint import Endpoint
+    from sigbroker.transport.redis_link import Link
+    from sigbroker.transport.redis_retries import Retries
+
+    return Retries(
+        Link(Endpoint(url), use_hiredis=False),
+        options=ConsumerOptions("billing", max_deliveries=3),
+        consumer=consumer,
+        namespace=namespace,
+        stats=stats or Stats(),
+        throttle=Throttle(logging.getLogger("test")),
+    )
+
+
+def test_an_entry_deleted_while_pending_is_counted_lost_once_by_two_claimers(
+    real_redis: DevServer, namespace: str
+) -> None:
+    from sigbroker.durable import lost_key
+    from sigbroker.transport.redis_claims import Claims
+
+    r = redis.Redis.from_url(real_redis.url)
+    stream = stream_key(namespace, "t.deleted")
+    r.xgroup_create(stream, "billing", "$", mkstream=True)
+    kept, deleted = r.xadd(stream, {"d": b"kept"}), r.xadd(stream, {"d": b"gone"})
+    r.xreadgroup("billing", "dead", {stream: ">"})
+    r.xclaim(stream, "billing", "dead", 0, [kept], idle=60_000)  # held a minute ago
+    r.xdel(stream, deleted)
+    stats = [Stats(), Stats()]
+    claimers = []
+    for name, s in zip(("a", "b"), stats, strict=True):
+        retries = _retries(real_redis.url, namespace, name, s)
+        claims = Claims(
+            retries._link,
+            retries,
+            options=ConsumerOptions("billing"),
+            consumer=name,
+            namespace=namespace,
+            alive_key=lambda worker: f"{namespace}:alive:{worker}",
+            stats=s,
+        )
+        claimers.append((claims, retries))
+    for claims, _ in claimers:  # both find the dead consumer's entries
+        claims._claim_from(stream.encode(), b"dead")
+    waiting = [len(retries) for _, retries in claimers]
+    assert sorted(waiting) == [0, 1]  # the live entry went to one of them
+    assert sum(s.lost for s in stats) == 1  # the deleted one counted once
+    assert r.hget(lost_key(namespace, "billing"), stream) == b"1"
+    assert r.xpending(stream, "billing")["pending"] == 1 and kept
+
+
+def test_a_claimed_replay_of_another_group_is_acked_not_run(
+    real_redis: DevServer, namespace: str
+) -> None:
+    r = redis.Redis.from_url(real_redis.url)
+    stream = stream_key(namespace, "t.replayed")
+    r.xgroup_create(stream, "billing", "$", mkstream=True)
+    theirs = r.xadd(stream, {"d": b"x", "g": b"mail", "r": b"m.send"})
+    ours = r.xadd(stream, {"d": b"y", "g": b"billing", "s": b'["a.first"]'})
+    r.xreadgroup("billing", "dead", {stream: ">"})
+    retries = _retries(real_redis.url, namespace, "me")
+    claimed = r.xclaim(stream, "billing", "me", 0, [theirs, ours])
+    retries.take_over(stream.encode(), [(e, _flat(f)) for e, f in claimed], dead_holder=True)
+    due = retries.pop_due(float("inf"))
+    assert due is not None and due.entry == ours and due.skip == frozenset({"a.first"})
+    assert retries.pop_due(float("inf")) is None
+    assert [p["message_id"] for p in r.xpending_range(stream, "billing", "-", "+", 10)] == [ours]
+
+
+def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
+    return [part for pair in fields.items() for part in pair]
+
+
+def test_replaying_a_worker_lost_letter_skips_the_receivers_that_had_succeeded(
+    real_redis: DevServer, namespace: str
+) -> None:
+    from sigbroker.durable import dlq_key
+    from sigbroker.transport import redis_streams_admin
+
+    r = redis.Redis.from_url(real_redis.url)
+    stream = stream_key(namespace, "t.lost_worker")
+    letter = r.xadd(
+        dlq_key(namespace, "billing"),
+        {"d": b"envelope", "signal": "t.lost_worker", "stream": stream, "entry": "1-0",
+         "receiver": "", "error": "WorkerLost: ...", "traceback": "", "deliveries": "3",
+         "worker": "w", "failed_at": "1.0", "done": '["a.first"]'},
+    )  # fmt: skip
+    from sigbroker.transport.redis_retries import read_entry
+
+    script = r.register_script(redis_streams_admin._REPLAY_LUA)
+    assert script(keys=[dlq_key(namespace, "billing"), stream], args=[letter, "billing"])
+    ((_, fields),) = r.xrange(stream)
+    assert read_entry(_flat(fields)) == (b"envelope", "billing", None, frozenset({"a.first"}))
+
+
+def test_a_stop_in_the_middle_of_a_read_hands_back_every_stream_s_rest(
+    loop: EventLoopThread, namespace: str
+) -> None:
+    from sigbroker.transport.redis_endpoint import Endpoint
+    from sigbroker.transport.redis_streams import StreamConsumer
+
+    first, second = Signal(name="t.first", durable=True), Signal(name="t.second", durable=True)
+    codec = Codec()
+    dispatcher = Dispatcher(codec, Stats(), loop)
+    routes = {
+        "s:first": dispatcher.durable_route(first, "g"),
+        "s:second": dispatcher.durable_route(second, "g"),
+    }
+    consumer = StreamConsumer(
+        Endpoint("redis://127.0.0.1:1/0"),  # never reached: nothing here talks to Redis
+        routes,
+        options=ConsumerOptions("g"),
+        consumer="me",
+        namespace=namespace,
+        alive_key=str,
+        stats=Stats(),
+        use_hiredis=False,
+    )
+    ran: list[int] = []
+
+    def stop_after_this(n: int, **kwargs: Any) -> None:
+        ran.append(n)
+        consumer.drain()
+
+    first.connect(stop_after_this, weak=False)
+    second.connect(stop_after_this, weak=False)
+    handed_back: list[tuple[bytes, bytes]] = []
+    consumer._retries.hand_back = handed_back.extend  # type: ignore[method-assign]
+
+    def entry(signal: Signal, n: int) -> tuple[bytes, list[bytes]]:
+        return b"%d-0" % n, [b"d", codec.pack(signal.name, None, {"n": n}, "k")]
+
+    consumer._dispatch(
+        [(b"s:first", [entry(first, 1), entry(first, 2)]), (b"s:second", [entry(second, 3)])]
+    )
+    assert ran == [1]
+    assert handed_back == [(b"s:first", b"2-0"), (b"s:second", b"3-0")]
+    assert list(consumer._acks[b"s:first"]) == [b"1-0"] and not consumer._acks[b"s:second"]

@@ -51,6 +51,28 @@ end
 return 0
 """
 
+#: Claims a dead consumer's entries (ARGV[4...]) for ARGV[2]: those gone from the stream
+#: are acknowledged and counted lost (by the one worker whose XACK removed them).
+#: KEYS: stream, lost hash, retry hash; ARGV: group, consumer, minimum idle ms, ids.
+CLAIM_SCRIPT = """
+local lost = 0
+local live = {}
+for i = 4, #ARGV do
+  if #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) == 0 then
+    lost = lost + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('HDEL', KEYS[3], KEYS[1] .. '|' .. ARGV[i])
+  else
+    live[#live + 1] = ARGV[i]
+  end
+end
+if lost > 0 then redis.call('HINCRBY', KEYS[2], KEYS[1], lost) end
+local claimed = {}
+if #live > 0 then
+  claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(live))
+end
+return {lost, claimed}
+"""
+
 #: A consumer without a heartbeat idle this long is dead: its messages are claimed.
 DEAD_IDLE_MS = 5000
 #: Entries claimed at once.
@@ -88,6 +110,7 @@ class Claims:
         self._alive_key = alive_key
         self._stats = stats
         self._lost = lost_key(namespace, self._group)
+        self._cursors: dict[bytes, bytes] = {}
 
     def refresh(self, held: Iterable[tuple[bytes, bytes]]) -> None:
         """Reset the idle time of ``held`` entries (a claim to itself that counts nothing)."""
@@ -115,6 +138,7 @@ class Claims:
                 if not up and info["idle"] >= DEAD_IDLE_MS:
                     self._dead(stream, info["name"], info["pending"])
         idle_ms = int(self._options.claim_idle_s * 1000)
+        cursor = self._cursors.get(stream, b"0-0")
         (reply,) = self._link.run(
             command(
                 "XAUTOCLAIM",
@@ -122,18 +146,19 @@ class Claims:
                 self._group,
                 self._consumer,
                 idle_ms,
-                "0-0",
+                cursor,
                 "COUNT",
                 CLAIM_COUNT,
             )
         )
         if isinstance(reply, redis.ResponseError):
             return
+        self._cursors[stream] = reply[0]  # where the next pulse goes on (0-0: from the start)
         # Redis 7 lists deleted entries apart (and drops them from the pending list).
         claimed = [(e, f) for e, f in reply[1] if f]
         deleted = [e for e, f in reply[1] if not f] + (list(reply[2]) if len(reply) > 2 else [])
-        if deleted:
-            self._retries.lost(stream, deleted, "deleted or trimmed while pending")
+        if deleted:  # only this call sees them: Redis dropped them from the pending list
+            self._retries.lost(stream, deleted, "deleted or trimmed while pending", pending=False)
         if claimed:
             self._retries.take_over(stream, claimed, dead_holder=True)
 
@@ -154,22 +179,28 @@ class Claims:
         ids = [p[0] for p in pending]
         if not ids:
             return 0
-        # The minimum idle time keeps two workers from both taking a message.
-        (claimed,) = self._link.run(
-            command("XCLAIM", stream, self._group, self._consumer, DEAD_IDLE_MS, *ids)
-        )
-        got = [(e, f) for e, f in (c for c in claimed if c) if f]
-        gone = set(ids) - {e for e, _ in got}
-        if gone:
-            # Deleted entries vanish from the claim (Redis 7) or come back
-            # empty; those another worker claimed first are pending on it.
-            (still,) = self._link.run(
-                command("XPENDING", stream, self._group, "-", "+", len(ids) + CLAIM_COUNT)
+        # One script: entries gone from the stream are acknowledged and
+        # counted lost by whoever removes them from the pending list; the
+        # others are claimed, the minimum idle time keeping two workers from
+        # both taking one.
+        (reply,) = self._link.run(
+            command(
+                "EVAL",
+                CLAIM_SCRIPT,
+                3,
+                stream,
+                self._retries.lost_key,
+                self._retries.key,
+                self._group,
+                self._consumer,
+                DEAD_IDLE_MS,
+                *ids,
             )
-            pending_now = {p[0] for p in still}
-            vanished = [e for e in gone if e not in pending_now]
-            if vanished:
-                self._retries.lost(stream, vanished, "deleted or trimmed while pending")
+        )
+        lost, claimed = reply
+        if lost:
+            self._retries.counted_lost(stream, lost, "deleted or trimmed while pending")
+        got = [(e, f) for e, f in claimed if f]
         if got:
             logger.info(
                 "Claimed %d messages of %s from the dead consumer %s",

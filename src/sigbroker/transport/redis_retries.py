@@ -28,7 +28,7 @@ from ..throttle import Throttle
 from .base import Delivery
 from .redis_link import Link, command
 
-__all__ = ["Retries", "Waiting"]
+__all__ = ["Retries", "Waiting", "read_entry"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,36 @@ logger = logging.getLogger(__name__)
 RETRY_BASE_S = 1.0
 #: Longest retry delay.
 RETRY_MAX_S = 60.0
+
+
+#: Acknowledges entries gone from the stream and counts those it removed from the
+#: pending list (or, with ARGV[2] = 0, all of them: Redis removed them already).
+#: KEYS: stream, lost hash, retry hash; ARGV: group, pending, n, n entry ids, n fields.
+LOST_SCRIPT = """
+local n = tonumber(ARGV[3])
+local counted = 0
+for i = 4, 3 + n do
+  local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  if ARGV[2] == '0' then acked = 1 end
+  counted = counted + acked
+  redis.call('HDEL', KEYS[3], ARGV[i + n])
+end
+if counted > 0 then redis.call('HINCRBY', KEYS[2], KEYS[1], counted) end
+return counted
+"""
+
+
+def read_entry(values: list[bytes]) -> tuple[bytes, str | None, str | None, frozenset[str]]:
+    """A stream entry's fields: the message, and for a replayed dead letter its group,
+    its one receiver, or the receivers it skips."""
+    record = dict(zip(values[::2], values[1::2], strict=False))
+    group, only, skip = record.get(b"g"), record.get(b"r"), record.get(b"s")
+    return (
+        record.get(b"d", b""),
+        None if group is None else group.decode(),
+        None if only is None else only.decode(),
+        frozenset(json.loads(skip)) if skip else frozenset(),
+    )
 
 
 class Waiting(NamedTuple):
@@ -71,13 +101,17 @@ class Retries:
         self._stats = stats
         self._throttle = throttle
         self._dlq = dlq_key(namespace, self._group)
-        self._key = retry_key(namespace, self._group)
-        self._lost = lost_key(namespace, self._group)
+        #: The group's hashes: attempts of the messages being retried, and its losses.
+        self.key = retry_key(namespace, self._group)
+        self.lost_key = lost_key(namespace, self._group)
         self._heap: list[Waiting] = []
         self._order = itertools.count()
         self._lock = threading.Lock()
         # Messages with a field in the retry hash, deleted when they are acknowledged.
         self._noted: set[tuple[bytes, bytes]] = set()
+        # Dead letters that could not be written yet (Redis away): tried again each pulse.
+        self._letters: list[tuple[bytes, bytes, bytes, int, list[tuple[str, str, str]], list[str]]]
+        self._letters = []
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -95,9 +129,18 @@ class Retries:
         return None
 
     def held(self) -> list[tuple[bytes, bytes]]:
-        """The (stream, entry) of every waiting message."""
+        """The (stream, entry) of every waiting message (dead letters not written yet too)."""
         with self._lock:
-            return [(w.stream, w.entry) for w in self._heap]
+            return [(w.stream, w.entry) for w in self._heap] + [
+                (letter[0], letter[1]) for letter in self._letters
+            ]
+
+    def write_letters(self) -> None:
+        """Try again the dead letters that could not be written (the pulse calls it)."""
+        with self._lock:
+            letters, self._letters = self._letters, []
+        for letter in letters:
+            self.dead_letter(*letter)
 
     def wait(
         self,
@@ -114,17 +157,22 @@ class Retries:
         with self._lock:
             heapq.heappush(self._heap, item)
 
-    def forget(self, stream: bytes, entries: list[bytes]) -> list[bytes]:
-        """The commands that drop the record of ``entries`` (acknowledged now), if any."""
+    def forget(self, stream: bytes, entries: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """The commands that drop the record of ``entries`` (acknowledged now), and whose."""
         noted = self._noted
         if not noted:
-            return []
+            return [], []
         done = [e for e in entries if (stream, e) in noted]
         if not done:
-            return []
+            return [], []
         noted.difference_update((stream, e) for e in done)
         name = stream.decode()
-        return [command("HDEL", self._key, *(retry_field(name, e.decode()) for e in done))]
+        fields = (retry_field(name, e.decode()) for e in done)
+        return [command("HDEL", self.key, *fields)], done
+
+    def renote(self, stream: bytes, entries: list[bytes]) -> None:
+        """``entries`` still have a record: their acknowledgement did not reach Redis."""
+        self._noted.update((stream, e) for e in entries)
 
     def failed(self, stream: bytes, entry: bytes, delivery: Delivery) -> None:
         """Some receivers raised: retry them later, or dead-letter them past the limit."""
@@ -137,7 +185,7 @@ class Retries:
         delay = compute_backoff(n, base_s=RETRY_BASE_S, max_s=RETRY_MAX_S)
         field = retry_field(delivery.stream, delivery.entry)
         try:
-            self._link.run(command("HSET", self._key, field, json.dumps({"n": n, "done": done})))
+            self._link.run(command("HSET", self.key, field, json.dumps({"n": n, "done": done})))
             self._noted.add((stream, entry))
         except BrokerUnavailable as exc:  # the retry still happens here; others may count less
             logger.debug("Could not note the attempts of %s: %s", field, exc)
@@ -206,12 +254,14 @@ class Retries:
                 command("MULTI"),
                 *adds,
                 command("XACK", stream, self._group, entry),
-                command("HDEL", self._key, retry_field(name, entry.decode())),
+                command("HDEL", self.key, retry_field(name, entry.decode())),
                 command("EXEC"),
             )
         except BrokerUnavailable as exc:
-            # Still pending on this worker: a claim or a restart tries again.
-            logger.error("Could not dead-letter %s %s: %s", name, entry.decode(), exc)
+            # Still pending on this worker, which tries again at its next pulse.
+            logger.error("Could not dead-letter %s %s yet: %s", name, entry.decode(), exc)
+            with self._lock:
+                self._letters.append((stream, entry, data, deliveries, failures, done))
             return
         self._noted.discard((stream, entry))
         self._stats.add(dead_lettered=len(failures))
@@ -222,21 +272,46 @@ class Retries:
             + "; ".join(f"{r or 'its receivers'}: {error}" for r, error, _ in failures),
         )
 
-    def lost(self, stream: bytes, entries: list[bytes], why: str) -> None:
-        """Entries gone from the stream while pending: acknowledged, counted, never run."""
+    def lost(self, stream: bytes, entries: list[bytes], why: str, *, pending: bool = True) -> None:
+        """Entries gone from the stream while pending: acknowledged, counted, never run.
+
+        Each is counted by the worker whose acknowledgement removed it from
+        the pending list (one script), so two workers that find it gone, or a
+        retried round trip, count it once. ``pending=False``: Redis removed
+        them already (``XAUTOCLAIM`` reports them to its caller only).
+        """
         name = stream.decode()
+        fields = [retry_field(name, e.decode()) for e in entries]
         try:
-            self._link.run(
-                command("XACK", stream, self._group, *entries),
-                command("HINCRBY", self._lost, name, len(entries)),
-                command("HDEL", self._key, *(retry_field(name, e.decode()) for e in entries)),
+            (counted,) = self._link.run(
+                command(
+                    "EVAL",
+                    LOST_SCRIPT,
+                    3,
+                    stream,
+                    self.lost_key,
+                    self.key,
+                    self._group,
+                    int(pending),
+                    len(entries),
+                    *entries,
+                    *fields,
+                )
             )
-        except BrokerUnavailable as exc:
+        except BrokerUnavailable as exc:  # still pending: found and counted again later
             logger.debug("Could not acknowledge lost entries: %s", exc)
-        self._stats.add(lost=len(entries))
-        self._throttle.warning(
-            f"lost:{name}", f"{len(entries)} entries of {name} were {why}: counted as lost"
-        )
+            return
+        if isinstance(counted, int):
+            self.counted_lost(stream, counted, why)
+
+    def counted_lost(self, stream: bytes, count: int, why: str) -> None:
+        """``count`` entries of ``stream`` were counted lost in Redis: count and say so here."""
+        if count > 0:
+            self._stats.add(lost=count)
+            name = stream.decode()
+            self._throttle.warning(
+                f"lost:{name}", f"{count} entries of {name} were {why}: counted as lost"
+            )
 
     def take_over(
         self, stream: bytes, entries: list[tuple[bytes, list[bytes]]], *, dead_holder: bool
@@ -248,27 +323,30 @@ class Retries:
         """
         name = stream.decode()
         fields = [retry_field(name, e.decode()) for e, _ in entries]
-        (states,) = self._link.run(command("HMGET", self._key, *fields))
+        (states,) = self._link.run(command("HMGET", self.key, *fields))
         writes: list[str] = []
         now = monotonic()
+        others: list[bytes] = []
         for (entry, values), field, raw in zip(entries, fields, states, strict=True):
+            data, group, only, skip = read_entry(values)
+            if group is not None and group != self._group:
+                others.append(entry)  # another group's replay: not this group's to run
+                continue
             state: dict[str, Any] = json.loads(raw) if raw else {}
             cut_short = dead_holder and not state.get("returned")
             attempts = int(state.get("n", 0)) + cut_short
-            done = list(state.get("done", []))
-            record = dict(zip(values[::2], values[1::2], strict=False))
-            data = record.get(b"d", b"")
+            done = sorted(skip.union(state.get("done", [])))
             if attempts >= self._options.max_deliveries:
                 error = f"WorkerLost: its workers stopped while holding it ({attempts} deliveries)"
                 self.dead_letter(stream, entry, data, attempts, [("", error, "")], done)
                 continue
             writes += [field, json.dumps({"n": attempts, "done": done})]
             self._noted.add((stream, entry))
-            only = record.get(b"r")
-            skip = frozenset(done)
-            self.wait(now, stream, entry, data, attempts + 1, skip, only.decode() if only else None)
+            self.wait(now, stream, entry, data, attempts + 1, frozenset(done), only)
+        if others:
+            self._link.run(command("XACK", stream, self._group, *others))
         if writes:
-            self._link.run(command("HSET", self._key, *writes))
+            self._link.run(command("HSET", self.key, *writes))
         self._stats.add(claimed=len(entries))
 
     def hand_back(self, entries: list[tuple[bytes, bytes]]) -> None:
@@ -287,6 +365,6 @@ class Retries:
             marks += [retry_field(w.stream.decode(), w.entry.decode()), json.dumps(state)]
         if marks:
             try:
-                self._link.run(command("HSET", self._key, *marks))
+                self._link.run(command("HSET", self.key, *marks))
             except BrokerUnavailable as exc:
                 logger.debug("Could not mark the messages handed back: %s", exc)

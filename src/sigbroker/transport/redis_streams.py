@@ -22,7 +22,6 @@ redis-py and its protocol.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -42,7 +41,7 @@ from .base import Delivery, DurableRoute, Outcome, Source, Stream
 from .redis_claims import Claims
 from .redis_endpoint import CONNECTION_ERRORS, Endpoint, Replies
 from .redis_link import Link, command
-from .redis_retries import Retries
+from .redis_retries import Retries, read_entry
 
 __all__ = ["APPEND_SCRIPT", "StreamConsumer", "append_command"]
 
@@ -141,7 +140,7 @@ class StreamConsumer(Source):
         # those whose acknowledgement is on its way (back in the deques if
         # the connection breaks before Redis answered).
         self._acks: dict[bytes, deque[bytes]] = {s: deque() for s in self._streams}
-        self._acking: list[tuple[bytes, list[bytes]]] = []
+        self._acking: list[tuple[bytes, list[bytes], list[bytes]]] = []
         # XACK's name, stream and group, framed once per stream.
         self._xack = {
             s: command("XACK", s, self._group).partition(b"\r\n")[2] for s in self._streams
@@ -156,6 +155,7 @@ class StreamConsumer(Source):
         self._draining = False
         #: Either of the above: a batch on the lean path checks it before each message.
         self.stopping = False
+        self._finishing = False
         self._created: set[bytes] = set()
 
     def _read_command(self, block_ms: int | None, start: str) -> bytes:
@@ -202,20 +202,35 @@ class StreamConsumer(Source):
                 )
                 self._sleep(delay)
             except redis.ResponseError as exc:
+                # Redis loading its data, a failover, out of memory: wait and
+                # read again. Anything else (WRONGTYPE, NOPERM) is for a human.
+                self.ready.clear()
                 self._requeue_acks()
-                if "NOGROUP" not in str(exc):
+                if not _passing(exc):
                     raise BrokerUnavailable(
                         f"Redis at {self._endpoint.display} refused the durable read "
                         f"({self._endpoint.detail(exc)})"
-                    ) from None
-                logger.warning("Group %s was deleted; creating it again", self._group)
-                self._created.clear()
+                    ) from exc
+                if "NOGROUP" in str(exc):
+                    logger.warning("Group %s was deleted; creating it again", self._group)
+                    self._created.clear()
+                attempt += 1
+                delay = compute_backoff(attempt, base_s=0.1, max_s=RECONNECT_MAX_S)
+                self._throttle.warning(
+                    "refused",
+                    f"Durable consumer {self._consumer}: Redis at {self._endpoint.display} "
+                    f"answered {self._endpoint.detail(exc)}; reading again in {delay:.1f}s",
+                )
+                self._sleep(delay)
             finally:
                 if conn is not None:
                     conn.disconnect()
         self.ready.clear()
-        if not self._stop_now:
-            self._finish()
+        try:
+            if not self._stop_now:
+                self._finish()
+        finally:
+            self._link.close()
 
     def _sleep(self, seconds: float) -> None:
         end = monotonic() + seconds
@@ -240,6 +255,8 @@ class StreamConsumer(Source):
         # holds nor finished (a read whose reply a broken connection lost).
         conn._sock.sendall(self._read_command(None, "0"))
         (history,) = replies.read(1)
+        if isinstance(history, Exception):
+            raise history
         known = set(self._holding()) | {(s, e) for s, q in self._acks.items() for e in q}
         for stream, entries in history or ():
             gone = [e for e, f in entries if not f and (stream, e) not in known]
@@ -257,10 +274,12 @@ class StreamConsumer(Source):
         retries = self._retries
         sent = self._request(sock)
         while True:
-            batch = read(sent)[-1]
+            got = read(sent)
+            for reply in got:
+                if isinstance(reply, redis.ResponseError):
+                    raise reply  # the acks of this round trip are sent again
             self._acking = []
-            if isinstance(batch, redis.ResponseError):
-                raise batch
+            batch = got[-1]
             if self._stop_now or self._draining:
                 if batch:  # read after the stop: back to the group, untouched
                     self._hand_back([(s, e) for s, entries in batch for e, _ in entries])
@@ -295,17 +314,19 @@ class StreamConsumer(Source):
             if not pending:
                 continue
             ids = [pending.popleft() for _ in range(len(pending))]
-            self._acking.append((stream, ids))
             # command("XACK", stream, group, *ids), framed here: it runs for every batch.
             framed = b"".join([b"$%d\r\n%s\r\n" % (len(e), e) for e in ids])
             out.append(b"*%d\r\n%s%s" % (len(ids) + 3, self._xack[stream], framed))
-            out += self._retries.forget(stream, ids)
+            deletions, forgotten = self._retries.forget(stream, ids)
+            out += deletions
+            self._acking.append((stream, ids, forgotten))
         return out
 
     def _requeue_acks(self) -> None:
         # The connection broke with acks on their way: send them again later.
-        for stream, ids in self._acking:
+        for stream, ids, forgotten in self._acking:
             self._acks[stream].extend(ids)
+            self._retries.renote(stream, forgotten)
         self._acking = []
 
     def _dispatch(self, batch: list[Any]) -> None:
@@ -313,23 +334,21 @@ class StreamConsumer(Source):
         # one Delivery and one handler call each.
         pooled_done = self._pooled_done
         failed = self._retries.failed
-        for stream, entries in batch:
+        for at, (stream, entries) in enumerate(batch):
             acks = self._acks[stream]
             self._batch = [stream, entries, monotonic()]
             lean = self._batches[stream]
             if lean is not None:
                 done = lean(stream, entries, acks, self)
                 if done < len(entries):
-                    self._batch = None
-                    self._hand_back([(stream, e) for e, _ in entries[done:]])
+                    self._stop_in(batch, at, done)
                     return
                 continue
             handler = self._handlers[stream]
             name = stream.decode()
             for i, (entry, fields) in enumerate(entries):
-                if self._draining or self._stop_now:
-                    self._batch = None
-                    self._hand_back([(stream, e) for e, _ in entries[i:]])
+                if self.stopping:
+                    self._stop_in(batch, at, i)
                     return
                 if len(fields) != 2:
                     self._unusual(stream, entry, fields)
@@ -343,6 +362,14 @@ class StreamConsumer(Source):
                 else:
                     acks.append(entry)
         self._batch = None
+
+    def _stop_in(self, batch: list[Any], at: int, done: int) -> None:
+        # A stop came in the middle of ``batch``: the rest of the stream at
+        # ``at`` and every later stream's entries go back to the group, unrun.
+        self._batch = None
+        rest = [(batch[at][0], e) for e, _ in batch[at][1][done:]]
+        rest += [(stream, e) for stream, entries in batch[at + 1 :] for e, _ in entries]
+        self._hand_back(rest)
 
     def _pooled_out(self, stream: bytes, entry: bytes) -> None:
         # A message handed to a pool: held until _pooled_done (which may come first).
@@ -368,13 +395,15 @@ class StreamConsumer(Source):
 
     def _holding(self) -> dict[tuple[bytes, bytes], float]:
         """What this worker holds (read and not finished) and since when (0: waiting)."""
-        held: dict[tuple[bytes, bytes], float] = dict.fromkeys(self._retries.held(), 0.0)
+        # A message only moves from the pool to the retries (or is done), so
+        # the pool is read first: none is missed between the two reads.
+        with self._lock:
+            held = dict(self._pooled)
+        held.update(dict.fromkeys(self._retries.held(), 0.0))
         batch = self._batch
         if batch is not None:
             stream, entries, since = batch
             held.update(((stream, e), since) for e, _ in entries)
-        with self._lock:
-            held.update(self._pooled)
         return held
 
     def failed(self, stream: bytes, entry: bytes, delivery: Delivery) -> None:
@@ -390,15 +419,11 @@ class StreamConsumer(Source):
         if not fields:
             self._retries.lost(stream, [entry], "deleted while pending")
             return
-        record = dict(zip(fields[::2], fields[1::2], strict=False))
-        data = record.get(b"d")
-        group = record.get(b"g")
-        if data is None or (group is not None and group.decode() != self._group):
+        data, group, only, skip = read_entry(fields)
+        if not data or (group is not None and group != self._group):
             self._acks[stream].append(entry)  # another group's replay, or not ours to read
             return
-        only = record.get(b"r")
-        skip = frozenset(json.loads(record[b"s"])) if b"s" in record else frozenset()
-        self._run(stream, entry, data, 1, skip, only.decode() if only else None)
+        self._run(stream, entry, data, 1, skip, only)
 
     def _run(
         self,
@@ -434,6 +459,7 @@ class StreamConsumer(Source):
 
     def _finish(self) -> None:
         """A warm stop: wait for the pool's messages, acknowledge what finished, hand back."""
+        self._finishing = True  # the pulse keeps what is still running fresh meanwhile
         while not self._stop_now:
             with self._lock:
                 if not self._pooled:
@@ -446,7 +472,6 @@ class StreamConsumer(Source):
                 self._link.run(*acks)
             except BrokerUnavailable as exc:
                 logger.warning("Could not acknowledge the last messages (they run again): %s", exc)
-        self._link.close()
 
     def stop(self) -> None:
         """Stop at once; what was read and not finished stays pending for the group."""
@@ -465,13 +490,30 @@ class StreamConsumer(Source):
 
     def pulse(self) -> None:
         """Keep held messages fresh, claim from dead or idle consumers, count trimmed entries."""
-        if not self.ready.is_set():
+        if not (self.ready.is_set() or self._finishing):
             return
         now = monotonic()
         self._claims.refresh(
             k for k, since in self._holding().items() if now - since > REFRESH_AFTER_S
         )
+        if self._finishing:
+            return  # stopping: it holds on to what runs, and takes nothing new
+        self._retries.write_letters()
         for stream in self._streams:
             self._claims.recover(stream)
             self._claims.count_trimmed(stream)
         self._throttle.flush()
+
+
+#: Error replies that pass: the read is made again after a backoff.
+_PASSING = ("NOGROUP", "LOADING", "BUSY ", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN")
+_PASSING_TYPES: tuple[type[Exception], ...] = tuple(
+    getattr(redis.exceptions, name)
+    for name in ("BusyLoadingError", "ReadOnlyError", "OutOfMemoryError")
+    if hasattr(redis.exceptions, name)  # as redis-py's own parser names them
+)
+
+
+def _passing(exc: redis.ResponseError) -> bool:
+    """Whether Redis refused a read for a while only (loading, failover, memory)."""
+    return isinstance(exc, _PASSING_TYPES) or str(exc).startswith(_PASSING)

@@ -57,15 +57,19 @@ _REPLAY_LUA = """
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then return false end
 local fields = found[1][2]
-local data, receiver
+local data, receiver, done
 for i = 1, #fields, 2 do
     if fields[i] == 'd' then data = fields[i + 1] end
     if fields[i] == 'receiver' then receiver = fields[i + 1] end
+    if fields[i] == 'done' then done = fields[i + 1] end
 end
 if not data then return false end
 local id
 if receiver and receiver ~= '' then
     id = redis.call('XADD', KEYS[2], '*', 'd', data, 'g', ARGV[2], 'r', receiver)
+elseif done and done ~= '[]' then
+    -- every receiver but those that had succeeded (a message whose workers died)
+    id = redis.call('XADD', KEYS[2], '*', 'd', data, 'g', ARGV[2], 's', done)
 else
     id = redis.call('XADD', KEYS[2], '*', 'd', data, 'g', ARGV[2])
 end
