@@ -1,6 +1,7 @@
 """Commands framed by hand, and a connection of its own for a durable consumer's side work.
 
-:func:`command` frames any command in Redis's protocol. A :class:`Link` is
+:func:`command` frames any command in Redis's protocol. :func:`passing` tells a refusal that
+passes (Redis loading, a failover) from one for a human. A :class:`Link` is
 a RESP2 connection for the commands a durable consumer sends off its read
 path (claims, retry bookkeeping, dead letters): the replies come back raw,
 in one shape whatever redis-py's version and protocol.
@@ -11,9 +12,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import redis
+
 from .redis_endpoint import CONNECTION_ERRORS, Endpoint, Replies
 
-__all__ = ["Link", "command", "pairs"]
+__all__ = ["Link", "command", "pairs", "passing"]
 
 
 def command(*args: bytes | str | int | float) -> bytes:
@@ -75,3 +78,17 @@ class Link:
         conn, self._conn, self._replies = self._conn, None, None
         if conn is not None:
             conn.disconnect()
+
+
+#: Error replies that pass: the read is made again after a backoff.
+PASSING = ("NOGROUP", "LOADING", "BUSY ", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN")
+PASSING_TYPES: tuple[type[Exception], ...] = tuple(
+    getattr(redis.exceptions, name)
+    for name in ("BusyLoadingError", "ReadOnlyError", "OutOfMemoryError")
+    if hasattr(redis.exceptions, name)  # as redis-py's own parser names them
+)
+
+
+def passing(exc: redis.ResponseError) -> bool:
+    """Whether Redis refused a read for a while only (loading, failover, memory)."""
+    return isinstance(exc, PASSING_TYPES) or str(exc).startswith(PASSING)

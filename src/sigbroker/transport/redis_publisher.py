@@ -1,4 +1,4 @@
-"""Publishing on Redis: pre-framed PUBLISH commands with group commit.
+"""Publishing on Redis: pre-framed PUBLISH (and stream append) commands with group commit.
 
 :class:`Publisher` writes the commands itself, already framed in Redis's
 protocol (``make bench`` shows it pays: a send costs less than redis-py's
@@ -20,9 +20,10 @@ import redis
 import redis.asyncio
 
 from ..errors import BatchRefused, BrokerUnavailable
+from .base import Stream
 from .redis_endpoint import CONNECTION_ERRORS, Endpoint, Replies, closed
 
-__all__ = ["Publisher", "apublish", "frame", "publish_command"]
+__all__ = ["APPEND_SCRIPT", "Publisher", "append_command", "apublish", "frame", "publish_command"]
 
 #: Round trips a sender makes for others queued behind it before passing the lead on.
 LEAD_ROUNDS = 8
@@ -38,6 +39,27 @@ def publish_command(channel: str) -> bytes:
     """A PUBLISH command in Redis's protocol, up to (not including) the message."""
     raw = channel.encode()
     return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(raw), raw)
+
+
+#: XADD with retention, then how many groups will read the entry: one round trip.
+APPEND_SCRIPT = (
+    b"redis.call('XADD',KEYS[1],'MAXLEN','~',ARGV[1],'*','d',ARGV[2]) "
+    b"return #redis.call('XINFO','GROUPS',KEYS[1])"
+)
+
+
+def append_command(stream: Stream) -> bytes:
+    """The EVAL that appends to ``stream``, up to (not including) the message."""
+    key = stream.key.encode()
+    maxlen = str(stream.maxlen).encode()
+    return b"*6\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n$1\r\n1\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(APPEND_SCRIPT),
+        APPEND_SCRIPT,
+        len(key),
+        key,
+        len(maxlen),
+        maxlen,
+    )
 
 
 def frame(command: bytes, data: bytes) -> bytes:

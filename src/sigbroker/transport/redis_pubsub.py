@@ -34,7 +34,7 @@ from .base import (
     reset_after_fork,
 )
 from .redis_endpoint import Endpoint
-from .redis_publisher import Publisher, apublish, frame, publish_command
+from .redis_publisher import Publisher, append_command, apublish, frame, publish_command
 from .redis_subscription import Subscription
 
 __all__ = ["RedisPubSub"]
@@ -84,8 +84,6 @@ class RedisPubSub(Transport):
             if isinstance(channel, str):
                 command = publish_command(channel)
             else:
-                from .redis_streams import append_command  # only where a signal is durable
-
                 command = append_command(channel)
             self._commands[channel] = command
         return command

@@ -1,9 +1,8 @@
 """Durable delivery on Redis Streams: append with retention, consume in groups.
 
-Sending: :func:`append_command` frames one ``EVAL`` of :data:`APPEND_SCRIPT`
-(``XADD`` with an approximate ``MAXLEN``, then the number of consumer groups
-of the stream), which the publisher carries like a ``PUBLISH``: group commit,
-batches, no retry once written.
+Sending is the publisher's (:func:`.redis_publisher.append_command`: one
+``EVAL`` that appends with an approximate ``MAXLEN`` and counts the groups,
+carried like a ``PUBLISH``).
 
 Consuming: a :class:`StreamConsumer` reads the streams of a worker's durable
 signals as one consumer (the worker's id) of a group (the service), on a
@@ -17,7 +16,10 @@ backoff, dead-lettered past ``max_deliveries``). The worker's pulse has
 what dead or idle consumers held, and count what the group lost to
 trimming, on a second connection (:mod:`.redis_link`). Everything speaks
 RESP2 on our own connections, so the replies have one shape whatever
-redis-py and its protocol.
+redis-py and its protocol. It is over 400 lines because the reader's loop,
+its reconnects and its warm stop all keep one state, what the worker holds
+(the batch, the pool's messages, the acks on their way): split, each part
+would reach into the others'.
 """
 
 from __future__ import annotations
@@ -37,21 +39,15 @@ from ..durable import ConsumerOptions
 from ..errors import BrokerUnavailable
 from ..stats import Stats
 from ..throttle import Throttle
-from .base import Delivery, DurableRoute, Outcome, Source, Stream
+from .base import Delivery, DurableRoute, Outcome, Source
 from .redis_claims import Claims
 from .redis_endpoint import CONNECTION_ERRORS, Endpoint, Replies
-from .redis_link import Link, command
+from .redis_link import Link, command, passing
 from .redis_retries import Retries, read_entry
 
-__all__ = ["APPEND_SCRIPT", "StreamConsumer", "append_command"]
+__all__ = ["StreamConsumer"]
 
 logger = logging.getLogger(__name__)
-
-#: XADD with retention, then how many groups will read the entry: one round trip.
-APPEND_SCRIPT = (
-    b"redis.call('XADD',KEYS[1],'MAXLEN','~',ARGV[1],'*','d',ARGV[2]) "
-    b"return #redis.call('XINFO','GROUPS',KEYS[1])"
-)
 
 #: Entries one read takes per stream.
 READ_COUNT = 100
@@ -67,20 +63,6 @@ RECONNECT_MAX_S = 5.0
 HISTORY_COUNT = 1000
 #: Stands for a read when the reader takes nothing new: its reply is no batch.
 _NOTHING = command("ECHO", "")
-
-
-def append_command(stream: Stream) -> bytes:
-    """The EVAL that appends to ``stream``, up to (not including) the message."""
-    key = stream.key.encode()
-    maxlen = str(stream.maxlen).encode()
-    return b"*6\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n$1\r\n1\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-        len(APPEND_SCRIPT),
-        APPEND_SCRIPT,
-        len(key),
-        key,
-        len(maxlen),
-        maxlen,
-    )
 
 
 class StreamConsumer(Source):
@@ -206,7 +188,7 @@ class StreamConsumer(Source):
                 # read again. Anything else (WRONGTYPE, NOPERM) is for a human.
                 self.ready.clear()
                 self._requeue_acks()
-                if not _passing(exc):
+                if not passing(exc):
                     raise BrokerUnavailable(
                         f"Redis at {self._endpoint.display} refused the durable read "
                         f"({self._endpoint.detail(exc)})"
@@ -503,17 +485,3 @@ class StreamConsumer(Source):
             self._claims.recover(stream)
             self._claims.count_trimmed(stream)
         self._throttle.flush()
-
-
-#: Error replies that pass: the read is made again after a backoff.
-_PASSING = ("NOGROUP", "LOADING", "BUSY ", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN")
-_PASSING_TYPES: tuple[type[Exception], ...] = tuple(
-    getattr(redis.exceptions, name)
-    for name in ("BusyLoadingError", "ReadOnlyError", "OutOfMemoryError")
-    if hasattr(redis.exceptions, name)  # as redis-py's own parser names them
-)
-
-
-def _passing(exc: redis.ResponseError) -> bool:
-    """Whether Redis refused a read for a while only (loading, failover, memory)."""
-    return isinstance(exc, _PASSING_TYPES) or str(exc).startswith(_PASSING)
