@@ -587,45 +587,11 @@ def test_a_poison_message_is_dead_lettered_then_replayed_to_its_receiver_and_gro
 # -- 6: Redis killed and restarted, with AOF -----------------------------------------------
 
 
-class AofServer(DevServer):
-    """A redis-server that writes every command to its append-only file before replying."""
-
-    def _start_redis_server(self) -> None:
-        binary = redis_server_path()
-        assert binary is not None
-        if self._dir is None:
-            import tempfile
-
-            self._dir = tempfile.TemporaryDirectory(prefix="sigbroker-aof-")
-        args = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            self.host,
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            self._dir.name,
-            "--logfile",
-            "",
-            "--loglevel",
-            "warning",
-        ]
-        self._process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-
 @pytest.fixture
 def aof_server() -> Iterator[DevServer]:
     if not redis_server_path():
         pytest.skip("needs a real redis-server to kill and restart")
-    server = AofServer(backend="redis-server")
+    server = DevServer(backend="redis-server", append_only=True)
     try:
         yield server.start()
     finally:

@@ -58,7 +58,12 @@ class DevServer:
     """
 
     def __init__(
-        self, port: int = 0, *, host: str = "127.0.0.1", backend: str | None = None
+        self,
+        port: int = 0,
+        *,
+        host: str = "127.0.0.1",
+        backend: str | None = None,
+        append_only: bool = False,
     ) -> None:
         if backend is None:
             backend = "redis-server" if redis_server_path() else "fakeredis"
@@ -71,6 +76,9 @@ class DevServer:
         self._fake: Any = None
         self._fake_thread: threading.Thread | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
+        #: redis-server writes every command to its append-only file before it
+        #: replies, so a restart (a kill included) loses nothing it answered.
+        self.append_only = append_only
 
     @property
     def url(self) -> str:
@@ -118,8 +126,7 @@ class DevServer:
             self.host,
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *(("--appendonly", "yes", "--appendfsync", "always") if self.append_only else ()),
             "--dir",
             self._dir.name,
             "--logfile",
