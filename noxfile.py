@@ -79,7 +79,9 @@ TEST_REQUIREMENTS = ("pytest", "pytest-timeout", "gevent", "psycopg[binary]")
 #: The extra every session installs the package with (Django comes with it).
 EXTRA = "django"
 #: pytest options of every session: stop at the first failure, quiet.
-PYTEST_OPTIONS = ("-x", "-q", "-p", "no:cacheprovider")
+#: The chaos tests (kills, heartbeats running out) run once, in make test: they
+#: exercise the worker's own protocol, the same on every dependency version.
+PYTEST_OPTIONS = ("-x", "-q", "-p", "no:cacheprovider", "-m", "not chaos")
 
 nox.options.error_on_missing_interpreters = True
 nox.options.download_python = "never"

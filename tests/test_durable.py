@@ -404,6 +404,7 @@ def _check_delivery_counts(rows: list[dict[str, Any]], kills: list[Kill]) -> Non
         assert last["deliveries"] == 1 + holders[last["entry"]], (i, runs, holders[last["entry"]])
 
 
+@pytest.mark.chaos
 def test_kill_9_during_ten_thousand_messages_loses_none(cluster: Cluster) -> None:
     seed = int(os.environ.get("DURABLE_CHAOS_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
@@ -637,6 +638,7 @@ def test_a_redis_restart_mid_stream_with_aof_loses_nothing(
 # -- 7, 8: trimmed and deleted entries are counted lost, never run -------------------------
 
 
+@pytest.mark.chaos
 def test_trimming_a_lagging_group_counts_what_it_never_read(
     cluster: Cluster, client: Client
 ) -> None:
@@ -681,6 +683,7 @@ def test_trimming_a_lagging_group_counts_what_it_never_read(
     assert worker.warm_stop()
 
 
+@pytest.mark.chaos
 def test_a_pending_entry_deleted_before_its_claim_is_acked_and_counted_lost(
     cluster: Cluster, client: Client
 ) -> None:
@@ -766,6 +769,7 @@ def test_a_warm_stop_returns_unstarted_messages_without_counting_a_delivery(
     assert second.warm_stop()
 
 
+@pytest.mark.chaos
 def test_a_killed_workers_messages_are_claimed_by_another_and_processed(
     cluster: Cluster, client: Client
 ) -> None:
