@@ -221,11 +221,14 @@ class Worker:
         """
         self.signals = self._collect()
         client = self.client
+        # Pub/sub and durable signals each have a reader (and a pool): the
+        # counters are shared by that many threads.
+        kinds = len({s.durable for s in self.signals})
         dispatcher = Dispatcher(
             client.codec,
             self.stats,
             self._loop,
-            threads=self.concurrency,
+            threads=self.concurrency * kinds,
             max_age_s=self.max_age_s,
             before_message=self.before_message,
             after_message=self.after_message,

@@ -182,8 +182,7 @@ def durable_batch(
                 acks.append(entry)
         cell[0] = None
         here.message = None
-        stats.processed += processed
-        stats.failed += failed
+        stats.add(processed=processed, failed=failed)  # once a batch: under the lock
         return handled
 
     return run
