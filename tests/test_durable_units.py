@@ -620,3 +620,15 @@ def test_a_stop_in_the_middle_of_a_read_hands_back_every_stream_s_rest(
     assert ran == [1]
     assert handed_back == [(b"s:first", b"2-0"), (b"s:second", b"3-0")]
     assert list(consumer._acks[b"s:first"]) == [b"1-0"] and not consumer._acks[b"s:second"]
+
+
+@pytest.mark.parametrize("skip", [b"not json", b'{"a": 1}', b"[1, 2]", b"\xff"])
+def test_bad_input_a_hostile_replay_field_skips_nothing(skip: bytes) -> None:
+    from sigbroker.transport.redis_retries import read_entry
+
+    assert read_entry([b"d", b"x", b"g", b"\xffg", b"s", skip]) == (
+        b"x",
+        "\ufffdg",
+        None,
+        frozenset(),
+    )

@@ -62,10 +62,22 @@ def read_entry(values: list[bytes]) -> tuple[bytes, str | None, str | None, froz
     group, only, skip = record.get(b"g"), record.get(b"r"), record.get(b"s")
     return (
         record.get(b"d", b""),
-        None if group is None else group.decode(),
-        None if only is None else only.decode(),
-        frozenset(json.loads(skip)) if skip else frozenset(),
+        None if group is None else group.decode(errors="replace"),
+        None if only is None else only.decode(errors="replace"),
+        _names(skip) if skip else frozenset(),
     )
+
+
+def _names(raw: bytes) -> frozenset[str]:
+    # A replay's list of receivers to skip; anything else skips none (the
+    # message itself is checked by the dispatcher as any other).
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        return frozenset()
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return frozenset(names)
+    return frozenset()
 
 
 class Waiting(NamedTuple):
