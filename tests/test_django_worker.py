@@ -177,6 +177,31 @@ def test_send_on_commit_outside_a_transaction_publishes_at_once(
     assert got["order_id"] == 41
 
 
+def test_a_durable_signal_of_the_project_reaches_a_manage_py_worker_with_a_group(
+    project_db: Path, start_worker: Callable[..., WorkerProcess], redis_url: str, namespace: str
+) -> None:
+    import redis
+    from billing.durable import invoice_due
+    from shop.models import Order
+
+    config.configure(url=redis_url, namespace=namespace)
+    worker = start_worker(
+        entry=(str(MANAGE), "sigbroker"),
+        modules=("billing.durable",),
+        extra=("--group", "billing"),
+        env={"SIGBROKER_TEST_DB": str(project_db)},
+    )
+    stream = config.default_client(Client).channel(invoice_due)
+    r = redis.Redis.from_url(redis_url)
+    wait_for(lambda: r.exists(stream) and r.xinfo_groups(stream), 30, "the billing group")
+    order = _new_order("D-1")
+    assert invoice_due.send(Order, order=order) == 1  # one service: the group
+    (got,) = worker.wait_records(1, receiver="billing.open_invoice")
+    assert got["order_pk"] == order.pk and got["reference"] == "D-1" and got["is_instance"]
+    assert (got["group"], got["deliveries"]) == ("billing", 1)
+    assert got["sender"] == "shop.models.Order"
+
+
 def test_send_on_commit_of_a_durable_signal_appends_to_its_stream_at_commit(
     project_db: Path, real_redis: Any, namespace: str
 ) -> None:
