@@ -519,7 +519,6 @@ def test_an_entry_deleted_while_pending_is_counted_lost_once_by_two_claimers(
             retries,
             options=ConsumerOptions("billing"),
             consumer=name,
-            namespace=namespace,
             alive_key=lambda worker: f"{namespace}:alive:{worker}",
             stats=s,
         )

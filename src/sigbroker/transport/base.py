@@ -239,12 +239,12 @@ class Combined(Source):
         ]
         for thread in threads:
             thread.start()
-        while any(t.is_alive() for t in threads):
+        while alive := [t for t in threads if t.is_alive()]:
             if all(s.ready.is_set() for s in self.sources):
                 self.ready.set()
             else:
                 self.ready.clear()
-            threads[0].join(0.05) if threads[0].is_alive() else threads[-1].join(0.05)
+            alive[0].join(0.05)
         self.ready.clear()
         if self._error is not None:
             raise self._error

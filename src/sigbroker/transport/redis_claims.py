@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from ..durable import ConsumerOptions, lost_key
+from ..durable import ConsumerOptions
 from ..stats import Stats
 from .redis_link import Link, command, pairs
 from .redis_retries import Retries
@@ -98,7 +98,6 @@ class Claims:
         *,
         options: ConsumerOptions,
         consumer: str,
-        namespace: str,
         alive_key: Callable[[str], str],
         stats: Stats,
     ) -> None:
@@ -109,7 +108,6 @@ class Claims:
         self._consumer = consumer
         self._alive_key = alive_key
         self._stats = stats
-        self._lost = lost_key(namespace, self._group)
         self._cursors: dict[bytes, bytes] = {}
 
     def refresh(self, held: Iterable[tuple[bytes, bytes]]) -> None:
@@ -250,7 +248,7 @@ class Claims:
 
     def _eval_lost(self, stream: bytes, missing: int, *, base: bool) -> int:
         (counted,) = self._link.run(
-            command("EVAL", LOST_SCRIPT, 1, self._lost, stream, missing, int(base))
+            command("EVAL", LOST_SCRIPT, 1, self._retries.lost_key, stream, missing, int(base))
         )
         return counted if isinstance(counted, int) else 0
 

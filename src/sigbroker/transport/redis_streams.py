@@ -110,7 +110,6 @@ class StreamConsumer(Source):
             self._retries,
             options=options,
             consumer=consumer,
-            namespace=namespace,
             alive_key=alive_key,
             stats=stats,
         )
@@ -133,10 +132,11 @@ class StreamConsumer(Source):
         self._pooled: dict[tuple[bytes, bytes], float] = {}
         self._pooled_early: set[tuple[bytes, bytes]] = set()
         self._lock = threading.Lock()
-        self._stop_now = False
-        self._draining = False
-        #: Either of the above: a batch on the lean path checks it before each message.
+        #: Set by a stop of either kind: the reader takes nothing new (a batch on
+        #: the lean path checks it before each message).
         self.stopping = False
+        #: Set by a stop at once: nothing more is finished or acknowledged.
+        self._stop_now = False
         self._finishing = False
         self._created: set[bytes] = set()
 
@@ -162,7 +162,7 @@ class StreamConsumer(Source):
     def run(self) -> None:
         """Read and dispatch until stopped; reconnect with backoff on connection errors."""
         attempt = 0
-        while not (self._stop_now or self._draining):
+        while not self.stopping:
             conn: Any = None
             try:
                 conn = self._endpoint.connect()
@@ -216,7 +216,7 @@ class StreamConsumer(Source):
 
     def _sleep(self, seconds: float) -> None:
         end = monotonic() + seconds
-        while not (self._stop_now or self._draining) and monotonic() < end:
+        while not self.stopping and monotonic() < end:
             time.sleep(min(0.1, end - monotonic()))
 
     def _setup(self, conn: Any, replies: Replies) -> None:
@@ -262,7 +262,7 @@ class StreamConsumer(Source):
                     raise reply  # the acks of this round trip are sent again
             self._acking = []
             batch = got[-1]
-            if self._stop_now or self._draining:
+            if self.stopping:
                 if batch:  # read after the stop: back to the group, untouched
                     self._hand_back([(s, e) for s, entries in batch for e, _ in entries])
                 return
@@ -333,7 +333,7 @@ class StreamConsumer(Source):
                     self._stop_in(batch, at, i)
                     return
                 if len(fields) != 2:
-                    self._unusual(stream, entry, fields)
+                    self.unusual(stream, entry, fields)
                     continue
                 delivery = Delivery(name, entry.decode(), fields[1])
                 outcome = handler(delivery, pooled_done)
@@ -392,12 +392,11 @@ class StreamConsumer(Source):
         """Some receivers of a message raised: retried, or dead-lettered (a BatchSink's part)."""
         self._retries.failed(stream, entry, delivery)
 
-    def unusual(self, stream: bytes, entry: bytes, fields: list[bytes]) -> None:
-        """An entry that is not one plain message (a BatchSink's part)."""
-        self._unusual(stream, entry, fields)
+    def unusual(self, stream: bytes, entry: bytes, fields: list[bytes] | None) -> None:
+        """An entry that is not one plain message: a replayed dead letter, or deleted.
 
-    def _unusual(self, stream: bytes, entry: bytes, fields: list[bytes] | None) -> None:
-        """An entry that is not a plain message: a replayed dead letter, or deleted."""
+        (A :class:`~sigbroker.transport.base.BatchSink`'s part, as :meth:`failed` is.)
+        """
         if not fields:
             self._retries.lost(stream, [entry], "deleted while pending")
             return
@@ -427,7 +426,7 @@ class StreamConsumer(Source):
 
     def _run_due(self) -> None:
         now = monotonic()
-        while not (self._draining or self._stop_now):
+        while not self.stopping:
             item = self._retries.pop_due(now)
             if item is None:
                 return
@@ -461,7 +460,7 @@ class StreamConsumer(Source):
 
     def drain(self) -> None:
         """Stop warmly: finish the message running, acknowledge, hand the rest back."""
-        self._draining = self.stopping = True
+        self.stopping = True
 
     def abandon(self) -> int:
         """Stop at once; nothing is lost (it stays pending for the group): returns 0."""
