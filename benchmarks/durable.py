@@ -51,6 +51,7 @@ from benchmarks.processes import (
     Reports,
     Subscriber,
     sigbroker_worker,
+    supervised,
     wait_until,
 )
 from benchmarks.worker import DISTINCT_MESSAGES, MIN_RATE
@@ -167,8 +168,7 @@ def wait_groups(url: str, sub: Subscriber, streams: Sequence[str]) -> None:
 @contextlib.contextmanager
 def consumers(url: str, *, every: int, with_faststream: bool) -> Iterator[dict[str, Subscriber]]:
     """Start figure 10's consumers, wait until their groups exist, stop them all on exit."""
-    subs: dict[str, Subscriber] = {}
-    try:
+    with supervised() as subs:
         subs[SIGBROKER] = sigbroker_worker(
             url,
             SIGBROKER,
@@ -198,16 +198,6 @@ def consumers(url: str, *, every: int, with_faststream: bool) -> Iterator[dict[s
         if with_faststream:
             wait_groups(url, subs[FASTSTREAM], [FASTSTREAM_STREAM])
         yield subs
-        for sub in subs.values():
-            sub.check_alive()
-            sub.remove_log()
-    except BaseException:
-        for sub in subs.values():
-            print(f"log of {sub.name}: {sub.log_path}", file=sys.stderr)
-        raise
-    finally:
-        for sub in subs.values():
-            sub.stop()
 
 
 def capture_durable_messages(url: str, count: int = DISTINCT_MESSAGES) -> list[bytes]:

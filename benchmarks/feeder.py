@@ -15,7 +15,7 @@ from it, as those of one real sender do.
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
 #: Commands written before the replies are read back.
@@ -70,21 +70,12 @@ class Feeder:
         benchmark wait forever.
         """
         commands = [_command(channel.encode(), m) for m in messages]
-        halves = [_split_at_sequence(c) for c in commands] if first_seq is not None else []
         expected = b":%d\r\n" % receivers
-        sent = 0
-        while sent < total:
-            n = min(CHUNK_COMMANDS, total - sent)
-            if first_seq is None:
-                chunk = b"".join(commands[(sent + i) % len(commands)] for i in range(n))
-            else:
-                chunk = _numbered(halves, sent, n, first_seq + sent)
-            self._sock.sendall(chunk)
-            replies = self._read_replies(n, len(expected))
+        for n in self._send(commands, total, first_seq):
+            replies = self._read_lines(n)
             if replies != expected * n:
                 bad = next(r for r in replies.split(b"\r\n") if r + b"\r\n" != expected)
                 raise RuntimeError(f"PUBLISH on {channel} answered {bad!r}, expected {expected!r}")
-            sent += n
 
     def append(
         self,
@@ -103,6 +94,15 @@ class Feeder:
         reply must be an entry id; an error raises RuntimeError.
         """
         commands = [_xadd(stream.encode(), field.encode(), m, maxlen) for m in messages]
+        for n in self._send(commands, total, first_seq):
+            # An entry id reply is "$<len>\r\n<id>\r\n": two line ends each.
+            replies = self._read_lines(2 * n)
+            if replies.count(b"\r\n$") != n - 1 or not replies.startswith(b"$"):
+                raise RuntimeError(f"XADD to {stream} failed: {replies[:200]!r}")
+
+    def _send(self, commands: Sequence[bytes], total: int, first_seq: int | None) -> Iterator[int]:
+        """Send ``total`` of ``commands`` (cycling; renumbered from ``first_seq`` if given)
+        in chunks; yield each chunk's size once it is written, for its replies to be read."""
         halves = [_split_at_sequence(c) for c in commands] if first_seq is not None else []
         sent = 0
         while sent < total:
@@ -112,10 +112,7 @@ class Feeder:
             else:
                 chunk = _numbered(halves, sent, n, first_seq + sent)
             self._sock.sendall(chunk)
-            # An entry id reply is "$<len>\r\n<id>\r\n": two line ends each.
-            replies = self._read_lines(2 * n)
-            if replies.count(b"\r\n$") != n - 1 or not replies.startswith(b"$"):
-                raise RuntimeError(f"XADD to {stream} failed: {replies[:200]!r}")
+            yield n
             sent += n
 
     def _read_lines(self, lines: int) -> bytes:
@@ -127,17 +124,6 @@ class Feeder:
             buf += data
             if buf[:1] == b"-":
                 raise RuntimeError(f"Redis refused a command: {bytes(buf[:200])!r}")
-        return bytes(buf)
-
-    def _read_replies(self, n: int, size: int) -> bytes:
-        buf = bytearray()
-        while buf.count(b"\r\n") < n:
-            data = self._sock.recv(1 << 20)
-            if not data:
-                raise RuntimeError("Redis closed the feeder's connection")
-            buf += data
-            if buf[:1] == b"-":
-                raise RuntimeError(f"Redis refused a PUBLISH: {bytes(buf[:200])!r}")
         return bytes(buf)
 
     def close(self) -> None:

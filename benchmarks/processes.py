@@ -9,13 +9,14 @@ whatever state the process is in, and is safe to call twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import redis
@@ -165,6 +166,28 @@ class Subscriber:
     def remove_log(self) -> None:
         """Delete the log file (after a successful run)."""
         Path(self._log.name).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def supervised() -> Iterator[dict[str, Subscriber]]:
+    """A dict for the subscribers a figure starts; all of them are stopped on exit.
+
+    On a clean exit each is checked to be still alive and its log removed; on
+    an error the path of every log is printed, for the reader to look at.
+    """
+    subs: dict[str, Subscriber] = {}
+    try:
+        yield subs
+        for sub in subs.values():
+            sub.check_alive()
+            sub.remove_log()
+    except BaseException:
+        for sub in subs.values():
+            print(f"log of {sub.name}: {sub.log_path}", file=sys.stderr)
+        raise
+    finally:
+        for sub in subs.values():
+            sub.stop()
 
 
 def sigbroker_worker(

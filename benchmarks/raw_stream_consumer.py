@@ -13,17 +13,14 @@ sigbroker code.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import msgpack
 import redis
 
-from benchmarks.report import Reporter
+from benchmarks.report import Reporter, stop_on_sigterm
 
 #: Streams, as in benchmarks.durable_workload (not imported: it would load sigbroker).
 PAYLOAD_STREAM = b"raw:stream:payload"
@@ -45,32 +42,15 @@ def create_group(client: redis.Redis, stream: bytes, group: str) -> None:
 
 def main(url: str, group: str) -> None:
     """Consume until SIGTERM."""
-    reporter = Reporter.from_environment("raw-stream")
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-
-    def on_payload(message: dict[str, Any]) -> None:
-        reporter.count()
-
-    def on_latency(message: dict[str, Any]) -> None:
-        reporter.ack(message["order_id"])
-
-    handlers: dict[bytes, Callable[[dict[str, Any]], None]] = {
-        PAYLOAD_STREAM: on_payload,
-        LATENCY_STREAM: on_latency,
-    }
+    stopped = stop_on_sigterm()
+    handlers = Reporter.from_environment("raw-stream").handlers(PAYLOAD_STREAM, LATENCY_STREAM)
     client = redis.Redis.from_url(url)
     for stream in handlers:
         create_group(client, stream, group)
     consumer = f"raw-{os.getpid()}"
     wanted = {stream: ">" for stream in handlers}
     unpackb, fromisoformat = msgpack.unpackb, datetime.fromisoformat
-    while not stopping:
+    while not stopped:
         for stream, entries in client.xreadgroup(group, consumer, wanted, BATCH, BLOCK_MS) or ():
             handler = handlers[stream]
             for _, fields in entries:

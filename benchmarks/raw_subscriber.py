@@ -9,15 +9,12 @@ sigbroker code, so its memory is redis-py's and msgpack's alone.
 
 from __future__ import annotations
 
-import signal
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import msgpack
 import redis
 
-from benchmarks.report import Reporter
+from benchmarks.report import Reporter, stop_on_sigterm
 
 #: Channels, as in benchmarks.workload (not imported: it would load sigbroker).
 PAYLOAD_CHANNEL = b"raw:payload"
@@ -28,30 +25,13 @@ READ_TIMEOUT_S = 0.25
 
 def main(url: str) -> None:
     """Subscribe and dispatch until SIGTERM."""
-    reporter = Reporter.from_environment("raw")
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-
-    def on_payload(message: dict[str, Any]) -> None:
-        reporter.count()
-
-    def on_latency(message: dict[str, Any]) -> None:
-        reporter.ack(message["order_id"])
-
-    handlers: dict[bytes, Callable[[dict[str, Any]], None]] = {
-        PAYLOAD_CHANNEL: on_payload,
-        LATENCY_CHANNEL: on_latency,
-    }
+    stopped = stop_on_sigterm()
+    handlers = Reporter.from_environment("raw").handlers(PAYLOAD_CHANNEL, LATENCY_CHANNEL)
     client = redis.Redis.from_url(url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(*handlers)
     unpackb = msgpack.unpackb
-    while not stopping:
+    while not stopped:
         message = pubsub.get_message(timeout=READ_TIMEOUT_S)
         if message is not None and message["type"] == "message":
             handlers[message["channel"]](unpackb(message["data"]))

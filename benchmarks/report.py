@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import time
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -61,3 +64,29 @@ class Reporter:
         """Report that probe ``seq`` reached the receiver, and when."""
         stamp = time.perf_counter()
         self._redis.publish(self.channel, f"ack {seq} {stamp!r}")
+
+    def handlers(
+        self, payload: bytes, latency: bytes
+    ) -> dict[bytes, Callable[[dict[str, Any]], None]]:
+        """A raw loop's receivers, by channel or stream: one counts, one acknowledges.
+
+        The same work as the sigbroker receivers of :mod:`benchmarks.receivers`.
+        """
+
+        def on_payload(message: dict[str, Any]) -> None:
+            self.count()
+
+        def on_latency(message: dict[str, Any]) -> None:
+            self.ack(message["order_id"])
+
+        return {payload: on_payload, latency: on_latency}
+
+
+def stop_on_sigterm() -> list[int]:
+    """Have SIGTERM end a raw loop: the list returned is empty until it came.
+
+    A list rather than a function: the loop tests it as cheaply as a local flag.
+    """
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    return received

@@ -37,6 +37,7 @@ from benchmarks.processes import (
     clean_environment,
     raw_subscriber,
     sigbroker_worker,
+    supervised,
 )
 from benchmarks.readme import write_readme
 from benchmarks.sender import WITHOUT_HIREDIS
@@ -148,8 +149,7 @@ def sender_figures(url: str, plan: Plan, *, hiredis: bool, figures: str) -> list
 @contextlib.contextmanager
 def consumers(url: str, with_celery: bool) -> Iterator[dict[str, Subscriber]]:
     """Start every consuming process, wait until each listens, stop them all on exit."""
-    subs: dict[str, Subscriber] = {}
-    try:
+    with supervised() as subs:
         for name, namespace, concurrency in (
             ("sigbroker", NAMESPACE, 1),
             ("sigbroker-c4", C4_NAMESPACE, 4),
@@ -171,16 +171,6 @@ def consumers(url: str, with_celery: bool) -> Iterator[dict[str, Subscriber]]:
             )
         subs["raw"].wait_subscribed(url, [RAW_PAYLOAD_CHANNEL, RAW_LATENCY_CHANNEL])
         yield subs
-        for sub in subs.values():
-            sub.check_alive()
-            sub.remove_log()
-    except BaseException:
-        for sub in subs.values():
-            print(f"log of {sub.name}: {sub.log_path}", file=sys.stderr)
-        raise
-    finally:
-        for sub in subs.values():
-            sub.stop()
 
 
 def consumer_figures(url: str, plan: Plan, with_celery: bool, progress: Progress) -> list[Row]:
